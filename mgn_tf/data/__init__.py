@@ -1,0 +1,1 @@
+"""Dataset readers, the PK input pipeline and the built-in synthetic dataset."""

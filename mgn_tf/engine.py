@@ -1,0 +1,219 @@
+"""One training run, from a `TrainConfig` to a run directory:
+
+    dataset -> data scan -> PK pipeline -> MGN model -> MGNTrainer.fit -> checkpoints -> weights -> evaluation
+
+Run directory:
+    config.json          the run's configuration (+ num_classes, steps_per_epoch, dataset summary)
+    checkpoints/step_*/  crash-safe resume state (model, BatchNorm statistics, optimizer, position)
+    logs/                TensorBoard;  history.csv  per-epoch loss terms
+    data_scan.json, skipped_images.txt   what the data scan found
+    final.weights.h5     the trained `build_mgn` model's weights (load with `mgn_tf.inference.load`)
+    eval.json            rank-k, mAP, mINP on the test split, next to chance level
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mgn_tf.checkpoint import CheckpointCallback, NonFiniteGuard, latest_checkpoint, restore_checkpoint
+from mgn_tf.config import ConfigError, TrainConfig
+from mgn_tf.data.datasets import Split, load_dataset
+from mgn_tf.data.pipeline import batches_per_epoch, train_dataset
+from mgn_tf.model import build_mgn
+from mgn_tf.optimizer import SGDL2, step_decay_schedule
+from mgn_tf.trainer import MGNTrainer
+
+# Settings that must match between a run directory's config.json and a resumed run.
+RESUME_KEYS = ("dataset", "input_height", "input_width", "p", "k", "seed", "epochs", "lr", "lr_decay_epochs")
+
+
+def configure_runtime(config: TrainConfig) -> None:
+    """Process-wide settings; call before TensorFlow creates its devices (i.e. first)."""
+    if config.cpu_replicas > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_replicas
+        )
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+
+
+def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    """auto: MultiWorkerMirrored when TF_CONFIG names several workers, Mirrored over GPUs (or over
+    --cpu_replicas logical CPUs), else one device."""
+    name = config.strategy
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    workers = len(tf_config.get("cluster", {}).get("worker", []))
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        if workers > 1:
+            name = "multi_worker"
+        elif gpus or config.cpu_replicas > 1:
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "multi_worker":
+        if workers < 1:
+            raise ConfigError("--strategy=multi_worker needs TF_CONFIG with a cluster of workers")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+    return tf.distribute.OneDeviceStrategy(device)
+
+
+def _check_resume_config(run_dir: Path, record: dict) -> None:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    changed = [k for k in RESUME_KEYS if k in old and old[k] != record.get(k)]
+    if changed:
+        detail = ", ".join(f"--{k}: {old[k]!r} -> {record.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"{run_dir} holds a run with different settings ({detail}); resume with the same flags "
+            "or choose a new --run_dir"
+        )
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _training_items(config: TrainConfig, split: Split, run_dir: Path) -> tuple[list[str], np.ndarray]:
+    """Training paths and labels 0..C-1 after the data scan (bad files skipped, convertible converted)."""
+    items = split.train
+    if config.scan_data:
+        from mgn_tf.data.scan import scan_items
+
+        report = scan_items(items, run_dir / "converted_images", strict=config.strict_data)
+        report.write(run_dir)
+        print(report.summary(), flush=True)
+        items = report.items
+    pids = np.array([pid for _, pid, _ in items])
+    _, labels = np.unique(pids, return_inverse=True)
+    return [path for path, _, _ in items], labels.astype(np.int32)
+
+
+def train(config: TrainConfig) -> dict:
+    """Trains (or resumes) the run in `config.run_dir`; returns the evaluation results (or {})."""
+    config.validate()
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    strategy = make_strategy(config)
+    options = dict(config.dataset_options)
+    split = load_dataset(config.dataset, config.data_dir, **options)
+    print(split.summary(), flush=True)
+    paths, labels = _training_items(config, split, run_dir)
+    num_classes = int(labels.max()) + 1
+    if num_classes < config.p:
+        raise ConfigError(f"--p={config.p}: the training set has only {num_classes} usable identities")
+    steps_per_epoch = config.steps_per_epoch or batches_per_epoch(labels, config.p, config.k)
+    replicas = strategy.num_replicas_in_sync
+    if config.p % replicas:
+        raise ConfigError(f"--p={config.p} must be a multiple of the {replicas} replicas (whole K-groups each)")
+
+    record = {
+        **config.to_json(),
+        "num_classes": num_classes,
+        "steps_per_epoch": steps_per_epoch,
+        "num_replicas": replicas,
+        "num_train_images": len(paths),
+        "dataset_summary": split.summary(),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    _check_resume_config(run_dir, record)
+    _write_json_atomic(run_dir / "config.json", record)
+
+    with strategy.scope():
+        weights = None if config.backbone_weights in ("none", "") else config.backbone_weights
+        mgn = build_mgn(num_classes, config.input_shape, backbone_weights=weights, sync_bn=config.sync_bn)
+        trainer = MGNTrainer(mgn, config.margin, config.softmax_weight, config.triplet_weight)
+        schedule = step_decay_schedule(config.lr, steps_per_epoch, config.lr_decay_epochs, config.lr_decay_factor)
+        trainer.compile(
+            optimizer=SGDL2(schedule, momentum=config.momentum, l2=config.weight_decay),
+            jit_compile=config.xla,
+        )
+        trainer.optimizer.build(trainer.trainable_variables)
+
+    checkpoint_dir = run_dir / "checkpoints"
+    start = 0
+    latest = latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        start = int(restore_checkpoint(trainer, latest)["step"])
+        print(f"Resuming from {latest} (step {start})", flush=True)
+    start_epoch, start_step = divmod(start, steps_per_epoch)
+
+    callbacks = [
+        NonFiniteGuard(),
+        CheckpointCallback(checkpoint_dir, steps_per_epoch, config.checkpoint_every_steps),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq="epoch"),
+    ]
+
+    def data(epoch: int, step: int) -> tf.data.Dataset:
+        dataset = train_dataset(
+            paths,
+            labels,
+            (config.input_height, config.input_width),
+            p=config.p,
+            k=config.k,
+            seed=config.seed,
+            epochs=config.epochs,
+            start_epoch=epoch,
+            start_step=step,
+            flip=config.flip,
+        )
+        shard = tf.data.Options()
+        shard.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return dataset.with_options(shard)
+
+    started = time.time()
+    if start_step:  # finish the interrupted epoch first
+        trainer.fit(
+            data(start_epoch, start_step),
+            initial_epoch=start_epoch,
+            epochs=start_epoch + 1,
+            steps_per_epoch=steps_per_epoch - start_step,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+        start_epoch += 1
+    if start_epoch < config.epochs:
+        trainer.fit(
+            data(start_epoch, 0),
+            initial_epoch=start_epoch,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+    train_seconds = time.time() - started
+
+    final = run_dir / "final.weights.h5"
+    tmp = run_dir / "final.tmp.weights.h5"
+    mgn.save_weights(tmp)
+    os.replace(tmp, final)
+    print(f"Saved {final}", flush=True)
+
+    results: dict = {"train_seconds_this_session": round(train_seconds, 1)}
+    if config.eval_at_end and split.query and split.gallery:
+        from mgn_tf.evaluation import evaluate_model
+
+        results.update(evaluate_model(mgn, split, (config.input_height, config.input_width), config.eval_batch_size))
+        _write_json_atomic(run_dir / "eval.json", results)
+        print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2), flush=True)
+    return results

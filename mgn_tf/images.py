@@ -1,0 +1,53 @@
+"""Image decoding and resizing shared by training, evaluation, inference and export.
+
+Every path that turns encoded image bytes into network input goes through `decode_and_resize`, so the
+training pipeline, the SavedModel's image-bytes signature and `load_images` feed the model identical
+numbers: RGB float32 in 0..255, bilinear resize (no antialias) to (height, width).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read or decoded; the message names the file."""
+
+
+def decode_and_resize(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Decodes JPEG/PNG/BMP/GIF bytes to RGB and resizes to `size` (height, width): float32 0..255.
+
+    Grayscale and RGBA images are converted to 3 channels. Works eagerly and inside tf.function.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Reads one image file as float32 [height, width, 3] RGB 0..255; raises ImageReadError naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageReadError(f"image file {path} is empty (0 bytes)")
+    try:
+        return decode_and_resize(tf.constant(data), size).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageReadError(f"cannot decode image file {path}: {message}") from exc
+
+
+def load_images(paths: Sequence[str | Path], size: tuple[int, int]) -> np.ndarray:
+    """Reads image files as one float32 batch [N, height, width, 3] RGB 0..255."""
+    batch = np.empty((len(paths), size[0], size[1], 3), np.float32)
+    for i, path in enumerate(paths):
+        batch[i] = load_image(path, size)
+    return batch

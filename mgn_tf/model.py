@@ -1,0 +1,211 @@
+"""The Multiple Granularity Network (Wang et al. 2018, §3.1, Table 1, Fig. 3) as a Keras functional model.
+
+Layout (input 384×128):
+
+    raw RGB 0..255 -> caffe_preprocess -> backbone_trunk (ResNet50 conv1 .. conv4_block1)   24×8×1024
+      -> global_branch (conv4_block2 .. conv5_block3, stride 2 in conv5_block1)             12×4×2048
+      -> part2_branch  (same blocks, stride 1 in conv5_block1)                               24×8×2048
+      -> part3_branch  (same blocks, stride 1 in conv5_block1)                               24×8×2048
+
+Each branch is its own copy of the backbone's conv4_block2..conv5_block3 (separate variables, equal
+initial values). Global max pooling gives z_g for every branch; Part-N also max-pools N equal horizontal
+stripes. Eight independent reductions (1×1 conv 2048->256 without bias, BN, ReLU) give the 256-d
+features; identity classifiers without bias (paper eq. 1) act on the three 2048-d z_g and on the five
+reduced part features. The batch-hard triplet loss acts on the three reduced global features.
+
+`FEATURE_NAMES` is the order of the eight reduced features, and of the 256-d blocks in the 2048-d
+embedding and of the classifier heads in `logits`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "global",  # f_g^G: Global branch, whole map
+    "p2_global",  # f_g^P2: Part-2 branch, whole map
+    "p3_global",  # f_g^P3: Part-3 branch, whole map
+    "p2_part1",  # f_p1^P2 (top half)
+    "p2_part2",  # f_p2^P2 (bottom half)
+    "p3_part1",  # f_p1^P3 (top third)
+    "p3_part2",  # f_p2^P3
+    "p3_part3",  # f_p3^P3 (bottom third)
+)
+TRIPLET_FEATURES: tuple[str, ...] = FEATURE_NAMES[:3]
+BRANCHES: tuple[tuple[str, int, int], ...] = (
+    # (branch name, number of stripes, conv5_block1 stride)
+    ("global", 0, 2),
+    ("part2", 2, 1),
+    ("part3", 3, 1),
+)
+TRUNK_OUTPUT = "conv4_block1_out"
+BRANCH_OUTPUT = "conv5_block3_out"
+STRIDED_CONV5_LAYERS = ("conv5_block1_1_conv", "conv5_block1_0_conv")
+REDUCTION_DIM = 256
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="mgn_tf")
+class CaffePreprocess(layers.Layer):
+    """RGB 0..255 -> BGR minus the ImageNet channel means, as Keras's ResNet50 weights expect."""
+
+    def call(self, inputs):
+        bgr = inputs[..., ::-1]
+        return bgr - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=bgr.dtype)
+
+
+@keras.saving.register_keras_serializable(package="mgn_tf")
+class Stack(layers.Layer):
+    """Stacks a list of [B, D] tensors into [B, len(list), D]."""
+
+    def call(self, inputs):
+        return ops.stack(inputs, axis=1)
+
+
+def feature_map_size(input_shape: tuple[int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(Global branch map, Part branch map) sizes for an input (height, width, channels): Table 1."""
+    height, width = input_shape[0], input_shape[1]
+    part = (-(-height // 16), -(-width // 16))
+    return (-(-part[0] // 2), -(-part[1] // 2)), part
+
+
+def check_input_shape(input_shape: tuple[int, int, int]) -> None:
+    """Raises ValueError unless the Part branches' map height splits into 2 and 3 equal stripes."""
+    if len(input_shape) != 3 or input_shape[2] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3), got {tuple(input_shape)}")
+    part_height = feature_map_size(input_shape)[1][0]
+    if input_shape[0] % 16 or part_height % 6:
+        raise ValueError(
+            f"input height {input_shape[0]} gives a {part_height}-row Part-branch feature map, which "
+            "cannot be cut into 2 and 3 equal stripes: use a height that is a multiple of 96 "
+            "(e.g. 96, 192, 288, 384)"
+        )
+    if input_shape[1] % 16:
+        raise ValueError(f"input width {input_shape[1]} must be a multiple of 16 (e.g. 32, 64, 128)")
+
+
+def _resnet50(input_shape: tuple[int, int, int], backbone_weights: str | Path | None) -> keras.Model:
+    if backbone_weights not in (None, "imagenet"):
+        path = Path(backbone_weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"backbone_weights={backbone_weights!r}: no such file (expected 'imagenet', None or the "
+                "path of a Keras ResNet50 no-top weights file, e.g. "
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)"
+            )
+        backbone_weights = str(path)
+    return keras.applications.ResNet50(include_top=False, weights=backbone_weights, input_shape=input_shape)
+
+
+def _copy_layers(source: keras.Model, name: str, prefix: str, strides_one: bool, sync_bn: bool) -> keras.Model:
+    """Clones a sub-model with renamed layers (and conv5_block1 stride 1 if asked), copying the weights."""
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        config["name"] = prefix + layer.name
+        if strides_one and layer.name in STRIDED_CONV5_LAYERS:
+            config["strides"] = (1, 1)
+        if sync_bn and isinstance(layer, layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(source, clone_function=clone_layer)
+    copy.name = name
+    for original, cloned in zip(source.layers, copy.layers, strict=True):
+        cloned.set_weights(original.get_weights())
+    return copy
+
+
+def _reduction(x, name: str):
+    x = layers.Conv2D(
+        REDUCTION_DIM,
+        1,
+        use_bias=False,
+        kernel_initializer=keras.initializers.HeNormal(),
+        name=f"reduce_{name}_conv",
+    )(x)
+    x = layers.BatchNormalization(
+        epsilon=1e-5,
+        gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
+        name=f"reduce_{name}_bn",
+    )(x)
+    x = layers.ReLU(name=f"reduce_{name}_relu")(x)
+    return layers.Flatten(name=f"reduce_{name}")(x)
+
+
+def build_mgn(
+    num_classes: int,
+    input_shape: tuple[int, int, int] = (384, 128, 3),
+    backbone_weights: str | Path | None = None,
+    sync_bn: bool = False,
+    name: str = "mgn",
+) -> keras.Model:
+    """Builds the MGN training model.
+
+    Args:
+      num_classes: number of training identities (classifier width).
+      input_shape: (height, width, 3) of the raw RGB input; height a multiple of 96, width of 16.
+      backbone_weights: "imagenet" (Keras's download), the path of a ResNet50 no-top weights file, or None.
+      sync_bn: use synchronized BatchNormalization across replicas of a tf.distribute strategy.
+
+    Returns:
+      A model from raw RGB 0..255 images [B, H, W, 3] to a dict:
+        "embedding": [B, 2048], the eight 256-d reduced features concatenated in `FEATURE_NAMES` order;
+        "logits": [B, 8, num_classes], identity logits in `FEATURE_NAMES` order (heads 0-2 act on the
+          2048-d pooled global features, heads 3-7 on the reduced part features);
+        "triplet_features": [B, 3, 256], the reduced global features of the three branches.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    input_shape = tuple(int(d) for d in input_shape)
+    check_input_shape(input_shape)
+    resnet = _resnet50(input_shape, backbone_weights)
+    trunk_src = keras.Model(resnet.input, resnet.get_layer(TRUNK_OUTPUT).output)
+    branch_src = keras.Model(resnet.get_layer(TRUNK_OUTPUT).output, resnet.get_layer(BRANCH_OUTPUT).output)
+
+    images = keras.Input(input_shape, name="images")
+    x = CaffePreprocess(name="caffe_preprocess")(images)
+    trunk = _copy_layers(trunk_src, "backbone_trunk", "", strides_one=False, sync_bn=sync_bn)
+    shared = trunk(x)
+
+    pooled: dict[str, object] = {}
+    for branch, stripes, stride in BRANCHES:
+        branch_model = _copy_layers(branch_src, f"{branch}_branch", f"{branch}_", stride == 1, sync_bn)
+        fmap = branch_model(shared)
+        prefix = "" if branch == "global" else f"p{stripes}_"
+        pooled[f"{prefix}global"] = layers.GlobalMaxPooling2D(name=f"{prefix}global_max_pool")(fmap)
+        rows = fmap.shape[1]
+        for i in range(stripes):
+            top, bottom = rows * i // stripes, rows - rows * (i + 1) // stripes
+            stripe = layers.Cropping2D(((top, bottom), (0, 0)), name=f"p{stripes}_part{i + 1}_stripe")(fmap)
+            pooled[f"p{stripes}_part{i + 1}"] = layers.GlobalMaxPooling2D(
+                name=f"p{stripes}_part{i + 1}_max_pool"
+            )(stripe)
+
+    reduced = {
+        feature: _reduction(layers.Reshape((1, 1, -1), name=f"{feature}_as_map")(pooled[feature]), feature)
+        for feature in FEATURE_NAMES
+    }
+    embedding = layers.Concatenate(name="embedding")([reduced[f] for f in FEATURE_NAMES])
+
+    classifier_init = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+    logits = [
+        layers.Dense(num_classes, use_bias=False, kernel_initializer=classifier_init, name=f"classifier_{f}")(
+            pooled[f] if f in TRIPLET_FEATURES else reduced[f]
+        )
+        for f in FEATURE_NAMES
+    ]
+    outputs = {
+        "embedding": embedding,
+        "logits": Stack(name="logits")(logits),
+        "triplet_features": Stack(name="triplet_features")([reduced[f] for f in TRIPLET_FEATURES]),
+    }
+    return keras.Model(images, outputs, name=name)
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """The inference model: raw RGB 0..255 images [B, H, W, 3] -> the 2048-d embedding (shared weights)."""
+    return keras.Model(model.input, model.get_layer("embedding").output, name=f"{model.name}_embedding")

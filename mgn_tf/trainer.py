@@ -1,0 +1,95 @@
+"""MGN's training step as a `keras.Model` subclass, so Keras's `fit` brings progress bars, callbacks and
+distribution.
+
+Per example, loss = softmax_weight * mean over the 8 identity heads of cross-entropy
+                  + triplet_weight * mean over the 3 global features of batch-hard triplet,
+and the batch loss is its mean over the GLOBAL batch: per-replica sums are scaled by the global batch
+size (`tf.nn.compute_average_loss`), so the gradients all-reduced by the optimizer equal one device's.
+Under a strategy the triplet features and labels are all-gathered, so each anchor mines its hardest
+positive and negative in the whole global batch, as a single device (or the paper's DataParallel) does.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from mgn_tf.losses import batch_hard_triplet_per_anchor, softmax_per_example
+
+LOSS_TERMS = ("loss", "softmax", "triplet")
+
+
+class MGNTrainer(keras.Model):
+    """Wraps the MGN model (`mgn_tf.model.build_mgn`) with MGN's losses in `train_step`."""
+
+    def __init__(
+        self,
+        mgn: keras.Model,
+        margin: float = 1.2,
+        softmax_weight: float = 1.0,
+        triplet_weight: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.mgn = mgn
+        self.margin = margin
+        self.softmax_weight = softmax_weight
+        self.triplet_weight = triplet_weight
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
+        self.trackers["id_accuracy"] = keras.metrics.Mean(name="id_accuracy")
+
+    def call(self, images, training=False):
+        return self.mgn(images, training=training)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _triplet(self, labels: tf.Tensor, features: tf.Tensor) -> tf.Tensor:
+        """Per local anchor: the mean over feature sets of batch-hard triplet against the global batch."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        local = tf.shape(labels)[0]
+        if replicas > 1:
+            all_labels = context.all_gather(labels, axis=0)
+            all_features = context.all_gather(features, axis=0)
+            offset = local * context.replica_id_in_sync_group
+        else:
+            all_labels, all_features, offset = labels, features, 0
+        per_set = []
+        for i in range(features.shape[1]):
+            per_anchor = batch_hard_triplet_per_anchor(all_labels, all_features[:, i], self.margin)
+            per_set.append(per_anchor[offset : offset + local])
+        return tf.add_n(per_set) / float(len(per_set))
+
+    def compute_losses(self, images, labels, training: bool = True) -> dict[str, tf.Tensor]:
+        """Per-example loss terms [local batch] for one replica's batch."""
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        outputs = self.mgn(images, training=training)
+        softmax = softmax_per_example(labels, outputs["logits"])
+        triplet = self._triplet(labels, tf.cast(outputs["triplet_features"], tf.float32))
+        total = self.softmax_weight * softmax + self.triplet_weight * triplet
+        predicted = tf.argmax(outputs["logits"], axis=-1, output_type=tf.int32)
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels[:, None]), tf.float32), axis=1)
+        return {"loss": total, "softmax": softmax, "triplet": triplet, "id_accuracy": accuracy}
+
+    def train_step(self, data):
+        images, labels = data
+        with tf.GradientTape() as tape:
+            terms = self.compute_losses(images, labels, training=True)
+            # Sum over this replica / (local batch * replicas): the all-reduced gradient is the global mean's.
+            loss = tf.nn.compute_average_loss(terms["loss"])
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        for name, values in terms.items():
+            self.trackers[name].update_state(tf.reduce_mean(values))
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def test_step(self, data):
+        images, labels = data
+        terms = self.compute_losses(images, labels, training=False)
+        for name, values in terms.items():
+            self.trackers[name].update_state(tf.reduce_mean(values))
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
