@@ -44,7 +44,9 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
 
 
-def save_checkpoint(model: keras.Model, checkpoint_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(
+    model: keras.Model, checkpoint_dir: str | Path, step: int, state: dict, keep: int = 2
+) -> Path:
     """Writes model + optimizer state for global `step` atomically and prunes all but the `keep` newest."""
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

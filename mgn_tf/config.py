@@ -73,7 +73,9 @@ class TrainConfig:
         need(self.k >= 1, "k", "K (images per identity) must be >= 1")
         need(self.k >= 2 or self.triplet_weight == 0, "k", "K must be >= 2 when --triplet_weight > 0")
         need(self.epochs >= 1, "epochs", "must be >= 1")
-        need(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0 (0 = one pass over the training set)")
+        need(
+            self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0 (0 = one pass over the training set)"
+        )
         need(self.lr > 0, "lr", "must be > 0")
         need(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")
         need(all(e > 0 for e in self.lr_decay_epochs), "lr_decay_epochs", "epochs must be positive integers")
@@ -85,12 +87,16 @@ class TrainConfig:
         need(self.softmax_weight + self.triplet_weight > 0, "softmax_weight", "both loss weights are 0")
         need(self.strategy in STRATEGIES, "strategy", f"accepted values: {', '.join(STRATEGIES)}")
         need(self.cpu_replicas >= 0, "cpu_replicas", "must be >= 0")
-        need(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0 = every epoch only)")
+        need(
+            self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0 = every epoch only)"
+        )
         need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         try:
             check_input_shape(self.input_shape)
         except ValueError as exc:
-            raise ConfigError(f"--input_height={self.input_height} --input_width={self.input_width}: {exc}") from exc
+            raise ConfigError(
+                f"--input_height={self.input_height} --input_width={self.input_width}: {exc}"
+            ) from exc
         if self.backbone_weights not in ("imagenet", "none", ""):
             need(
                 Path(self.backbone_weights).is_file(),

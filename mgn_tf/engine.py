@@ -124,7 +124,9 @@ def train(config: TrainConfig) -> dict:
     steps_per_epoch = config.steps_per_epoch or batches_per_epoch(labels, config.p, config.k)
     replicas = strategy.num_replicas_in_sync
     if config.p % replicas:
-        raise ConfigError(f"--p={config.p} must be a multiple of the {replicas} replicas (whole K-groups each)")
+        raise ConfigError(
+            f"--p={config.p} must be a multiple of the {replicas} replicas (whole K-groups each)"
+        )
 
     record = {
         **config.to_json(),
@@ -142,7 +144,9 @@ def train(config: TrainConfig) -> dict:
         weights = None if config.backbone_weights in ("none", "") else config.backbone_weights
         mgn = build_mgn(num_classes, config.input_shape, backbone_weights=weights, sync_bn=config.sync_bn)
         trainer = MGNTrainer(mgn, config.margin, config.softmax_weight, config.triplet_weight)
-        schedule = step_decay_schedule(config.lr, steps_per_epoch, config.lr_decay_epochs, config.lr_decay_factor)
+        schedule = step_decay_schedule(
+            config.lr, steps_per_epoch, config.lr_decay_epochs, config.lr_decay_factor
+        )
         trainer.compile(
             optimizer=SGDL2(schedule, momentum=config.momentum, l2=config.weight_decay),
             jit_compile=config.xla,
@@ -213,7 +217,9 @@ def train(config: TrainConfig) -> dict:
     if config.eval_at_end and split.query and split.gallery:
         from mgn_tf.evaluation import evaluate_model
 
-        results.update(evaluate_model(mgn, split, (config.input_height, config.input_width), config.eval_batch_size))
+        results.update(
+            evaluate_model(mgn, split, (config.input_height, config.input_width), config.eval_batch_size)
+        )
         _write_json_atomic(run_dir / "eval.json", results)
         print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2), flush=True)
     return results

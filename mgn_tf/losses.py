@@ -13,15 +13,20 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def _loss_dtype(x: tf.Tensor) -> tf.Tensor:
+    """Half-precision inputs (mixed precision) are computed in float32; float32/64 stay as they are."""
+    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
+
+
 def pairwise_euclidean(embeddings: tf.Tensor) -> tf.Tensor:
     """[B, D] -> [B, B] Euclidean distances, with a finite gradient at zero distance."""
-    embeddings = tf.cast(embeddings, tf.float32)
+    embeddings = _loss_dtype(embeddings)
     # Explicit differences (B x B x D is small for re-ID batches) are exact where the
     # |a|^2 - 2ab + |b|^2 expansion cancels catastrophically for near-duplicate features.
     squared = tf.reduce_sum(tf.square(embeddings[:, None, :] - embeddings[None, :, :]), axis=2)
     # sqrt'(0) is infinite: take the root of exact zeros (self-pairs, duplicates) at a tiny epsilon and
     # zero them afterwards, so neither the value nor the gradient is NaN.
-    zero = tf.cast(squared <= 1e-16, tf.float32)
+    zero = tf.cast(squared <= 1e-16, squared.dtype)
     distances = tf.sqrt(squared + zero * 1e-16) * (1.0 - zero)
     return distances
 
@@ -39,12 +44,12 @@ def batch_hard_triplet_per_anchor(labels: tf.Tensor, embeddings: tf.Tensor, marg
     negative = tf.logical_not(same)
     # Distances are >= 0, so masked entries at 0 never win the max; masked negatives get +max so they
     # never win the min.
-    hardest_positive = tf.reduce_max(tf.where(positive, distances, 0.0), axis=1)
+    hardest_positive = tf.reduce_max(tf.where(positive, distances, tf.zeros_like(distances)), axis=1)
     far = tf.reduce_max(distances) + 1.0
-    hardest_negative = tf.reduce_min(tf.where(negative, distances, far), axis=1)
+    hardest_negative = tf.reduce_min(tf.where(negative, distances, tf.fill(tf.shape(distances), far)), axis=1)
     valid = tf.logical_and(tf.reduce_any(positive, axis=1), tf.reduce_any(negative, axis=1))
-    loss = tf.nn.relu(margin + hardest_positive - hardest_negative)
-    return tf.where(valid, loss, 0.0)
+    loss = tf.nn.relu(tf.cast(margin, distances.dtype) + hardest_positive - hardest_negative)
+    return tf.where(valid, loss, tf.zeros_like(loss))
 
 
 def batch_hard_triplet_loss(labels: tf.Tensor, embeddings: tf.Tensor, margin: float = 1.2) -> tf.Tensor:
@@ -56,7 +61,7 @@ def softmax_per_example(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Cross-entropy of every head, averaged over heads: labels [B], logits [B, heads, C] -> [B]."""
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1, 1])
     labels = tf.broadcast_to(labels, tf.shape(logits)[:2])
-    per_head = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.cast(logits, tf.float32))
+    per_head = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=_loss_dtype(logits))
     return tf.reduce_mean(per_head, axis=1)
 
 
@@ -65,4 +70,4 @@ def triplet_per_example(labels: tf.Tensor, features: tf.Tensor, margin: float = 
     per_set = [
         batch_hard_triplet_per_anchor(labels, features[:, i], margin) for i in range(features.shape[1])
     ]
-    return tf.add_n(per_set) / float(len(per_set))
+    return tf.add_n(per_set) / tf.cast(len(per_set), per_set[0].dtype)

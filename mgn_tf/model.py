@@ -100,7 +100,9 @@ def _resnet50(input_shape: tuple[int, int, int], backbone_weights: str | Path | 
     return keras.applications.ResNet50(include_top=False, weights=backbone_weights, input_shape=input_shape)
 
 
-def _copy_layers(source: keras.Model, name: str, prefix: str, strides_one: bool, sync_bn: bool) -> keras.Model:
+def _copy_layers(
+    source: keras.Model, name: str, prefix: str, strides_one: bool, sync_bn: bool
+) -> keras.Model:
     """Clones a sub-model with renamed layers (and conv5_block1 stride 1 if asked), copying the weights."""
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -119,7 +121,7 @@ def _copy_layers(source: keras.Model, name: str, prefix: str, strides_one: bool,
     return copy
 
 
-def _reduction(x, name: str):
+def _reduction(x, name: str, sync_bn: bool):
     x = layers.Conv2D(
         REDUCTION_DIM,
         1,
@@ -130,6 +132,7 @@ def _reduction(x, name: str):
     x = layers.BatchNormalization(
         epsilon=1e-5,
         gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
+        synchronized=sync_bn,
         name=f"reduce_{name}_bn",
     )(x)
     x = layers.ReLU(name=f"reduce_{name}_relu")(x)
@@ -186,12 +189,16 @@ def build_mgn(
             )(stripe)
 
     reduced = {
-        feature: _reduction(layers.Reshape((1, 1, -1), name=f"{feature}_as_map")(pooled[feature]), feature)
+        feature: _reduction(
+            layers.Reshape((1, 1, -1), name=f"{feature}_as_map")(pooled[feature]), feature, sync_bn
+        )
         for feature in FEATURE_NAMES
     }
     embedding = layers.Concatenate(name="embedding")([reduced[f] for f in FEATURE_NAMES])
 
-    classifier_init = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+    classifier_init = keras.initializers.VarianceScaling(
+        2.0, mode="fan_out", distribution="untruncated_normal"
+    )
     logits = [
         layers.Dense(num_classes, use_bias=False, kernel_initializer=classifier_init, name=f"classifier_{f}")(
             pooled[f] if f in TRIPLET_FEATURES else reduced[f]

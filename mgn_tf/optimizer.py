@@ -45,7 +45,9 @@ class SGDL2(keras.optimizers.Optimizer):
         if self.l2:
             gradient = ops.add(gradient, ops.multiply(ops.cast(self.l2, variable.dtype), variable))
         velocity = self.momentums[self._get_variable_index(variable)]
-        self.assign(velocity, ops.add(ops.multiply(ops.cast(self.momentum, variable.dtype), velocity), gradient))
+        self.assign(
+            velocity, ops.add(ops.multiply(ops.cast(self.momentum, variable.dtype), velocity), gradient)
+        )
         self.assign_sub(variable, ops.multiply(learning_rate, velocity))
 
     def get_config(self):
@@ -63,6 +65,9 @@ def step_decay_schedule(
     """
     if not decay_epochs:
         return keras.optimizers.schedules.PiecewiseConstantDecay([10**12], [base_lr, base_lr])
-    boundaries = [int(e) * steps_per_epoch for e in sorted(decay_epochs)]
+    # PiecewiseConstantDecay keeps values[i] up to and including boundaries[i]; the optimizer evaluates
+    # the schedule at the number of steps already taken, so the first step of epoch e (index e * steps)
+    # must lie just past boundary e * steps - 1.
+    boundaries = [int(e) * steps_per_epoch - 1 for e in sorted(decay_epochs)]
     values = [base_lr * factor**i for i in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)

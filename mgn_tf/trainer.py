@@ -60,17 +60,18 @@ class MGNTrainer(keras.Model):
         for i in range(features.shape[1]):
             per_anchor = batch_hard_triplet_per_anchor(all_labels, all_features[:, i], self.margin)
             per_set.append(per_anchor[offset : offset + local])
-        return tf.add_n(per_set) / float(len(per_set))
+        return tf.add_n(per_set) / tf.cast(len(per_set), per_set[0].dtype)
 
     def compute_losses(self, images, labels, training: bool = True) -> dict[str, tf.Tensor]:
         """Per-example loss terms [local batch] for one replica's batch."""
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
         outputs = self.mgn(images, training=training)
         softmax = softmax_per_example(labels, outputs["logits"])
-        triplet = self._triplet(labels, tf.cast(outputs["triplet_features"], tf.float32))
+        triplet = self._triplet(labels, outputs["triplet_features"])
+        triplet = tf.cast(triplet, softmax.dtype)
         total = self.softmax_weight * softmax + self.triplet_weight * triplet
         predicted = tf.argmax(outputs["logits"], axis=-1, output_type=tf.int32)
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels[:, None]), tf.float32), axis=1)
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels[:, None]), softmax.dtype), axis=1)
         return {"loss": total, "softmax": softmax, "triplet": triplet, "id_accuracy": accuracy}
 
     def train_step(self, data):

@@ -20,8 +20,8 @@ def _pid_chunks(pids: np.ndarray, k: int, rng: np.random.Generator) -> list[list
     chunks = []
     for pid in np.unique(pids):
         members = np.flatnonzero(pids == pid)
-        if len(members) < k:
-            chunks.append([rng.choice(members, k, replace=True)])
+        if len(members) < k:  # all of them, topped up by sampling with replacement
+            chunks.append([np.concatenate([rng.permutation(members), rng.choice(members, k - len(members))])])
             continue
         members = rng.permutation(members)
         groups = [members[i : i + k] for i in range(0, len(members), k)]
@@ -36,7 +36,9 @@ def batches_per_epoch(pids: Sequence[int] | np.ndarray, p: int, k: int) -> int:
     """Batches that cover every training image once: ceil(#K-groups / P), at least max groups of one pid."""
     _, counts = np.unique(np.asarray(pids), return_counts=True)
     if len(counts) < p:
-        raise ValueError(f"P={p} identities per batch, but the training set has only {len(counts)} identities")
+        raise ValueError(
+            f"P={p} identities per batch, but the training set has only {len(counts)} identities"
+        )
     groups = np.maximum(1, -(-counts // k))
     return int(max(-(-groups.sum() // p), groups.max()))
 

@@ -1,0 +1,114 @@
+"""The PK sampler and the tf.data training pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgn_tf.data.pipeline import batches_per_epoch, pk_epoch_order, train_dataset
+
+
+def _unbalanced_pids(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 30, 40)  # identities with 1..29 images, some fewer than K
+    return np.repeat(np.arange(40), counts)
+
+
+@pytest.mark.parametrize("p,k", [(16, 4), (8, 2), (4, 8)])
+def test_every_batch_has_p_identities_times_k_images(p, k):
+    pids = _unbalanced_pids()
+    order = pk_epoch_order(pids, p, k, seed=3, epoch=0)
+    assert order.shape == (batches_per_epoch(pids, p, k), p * k)
+    for batch in order:
+        groups = pids[batch].reshape(p, k)
+        assert (groups == groups[:, :1]).all(), "each K-group is one identity, contiguous"
+        assert len(np.unique(groups[:, 0])) == p, "P distinct identities"
+
+
+def test_epoch_covers_the_training_set_and_is_deterministic():
+    pids = _unbalanced_pids(1)
+    a = pk_epoch_order(pids, 16, 4, seed=7, epoch=2)
+    assert set(a.ravel()) == set(range(len(pids)))
+    np.testing.assert_array_equal(a, pk_epoch_order(pids, 16, 4, seed=7, epoch=2))
+    assert not np.array_equal(a, pk_epoch_order(pids, 16, 4, seed=7, epoch=3))
+    assert not np.array_equal(a, pk_epoch_order(pids, 16, 4, seed=8, epoch=2))
+
+
+def test_identities_with_fewer_than_k_images_are_sampled_with_replacement():
+    pids = np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+    order = pk_epoch_order(pids, 2, 4, seed=0, epoch=0)
+    for batch in order:
+        for group in pids[batch].reshape(2, 4):
+            assert len(set(group)) == 1
+    assert set(order.ravel()) == set(range(10))
+
+
+def test_too_few_identities_is_a_clear_error():
+    with pytest.raises(ValueError, match="only 3 identities"):
+        batches_per_epoch([0, 1, 2], 4, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory) -> tuple[list[str], np.ndarray]:
+    folder = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for pid in range(6):
+        for i in range(3):
+            path = folder / f"{pid}_{i}.png"
+            Image.fromarray(rng.integers(0, 256, (20, 10, 3), dtype=np.uint8)).save(path)
+            paths.append(str(path))
+            labels.append(pid)
+    return paths, np.array(labels)
+
+
+def test_dataset_batches_decode_and_resume_exactly(tiny_images):
+    paths, labels = tiny_images
+    full = list(train_dataset(paths, labels, (12, 8), p=4, k=2, seed=5, epochs=3, spare_batches=0))
+    steps = batches_per_epoch(labels, 4, 2)
+    assert len(full) == 3 * steps
+    images, batch_labels = full[0]
+    assert images.shape == (8, 12, 8, 3) and images.dtype == "float32"
+    assert float(images.numpy().min()) >= 0 and float(images.numpy().max()) <= 255
+    orders = np.concatenate([pk_epoch_order(labels, 4, 2, 5, e) for e in range(3)])
+    np.testing.assert_array_equal(np.stack([b.numpy() for _, b in full]), labels[orders])
+    resumed = list(
+        train_dataset(
+            paths, labels, (12, 8), p=4, k=2, seed=5, epochs=3, start_epoch=1, start_step=2, spare_batches=0
+        )
+    )
+    assert len(resumed) == len(full) - steps - 2
+    for (a, la), (b, lb) in zip(full[steps + 2 :], resumed, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # same images, same flips
+        np.testing.assert_array_equal(la.numpy(), lb.numpy())
+
+
+def test_flip_is_applied_to_about_half_the_samples(tiny_images):
+    paths, labels = tiny_images
+    plain = list(
+        train_dataset(paths, labels, (20, 10), p=4, k=2, seed=1, epochs=4, flip=False, spare_batches=0)
+    )
+    flipped = list(
+        train_dataset(paths, labels, (20, 10), p=4, k=2, seed=1, epochs=4, flip=True, spare_batches=0)
+    )
+    same = mirrored = 0
+    for (a, _), (b, _) in zip(plain, flipped, strict=True):
+        for x, y in zip(a.numpy(), b.numpy(), strict=True):
+            same += np.array_equal(x, y)
+            mirrored += np.array_equal(x[:, ::-1], y)
+    total = sum(len(b) for _, b in plain)
+    assert same + mirrored == total
+    assert 0.25 * total < mirrored < 0.75 * total
+
+
+def test_a_corrupt_file_at_train_time_drops_its_batch_without_crashing(tiny_images, tmp_path: Path):
+    paths, labels = list(tiny_images[0]), tiny_images[1]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    paths[0] = str(bad)
+    batches = list(train_dataset(paths, labels, (12, 8), p=4, k=2, seed=0, epochs=2, spare_batches=2))
+    expected = 2 * batches_per_epoch(labels, 4, 2) + 2
+    assert 0 < len(batches) < expected  # the batches holding the bad file are skipped, the rest arrive
