@@ -73,6 +73,17 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy(device)
 
 
+def worker_run_dir(run_dir: Path, strategy: tf.distribute.Strategy) -> tuple[Path, bool]:
+    """(folder this process writes to, is chief). Under MultiWorkerMirroredStrategy every worker keeps its
+    own resume state, but only the chief (worker 0) writes `run_dir` itself; worker i writes
+    `run_dir/workers/worker_i`."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return run_dir, True
+    chief = resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+    return (run_dir if chief else run_dir / "workers" / f"{resolver.task_type}_{resolver.task_id}"), chief
+
+
 def _check_resume_config(run_dir: Path, record: dict) -> None:
     path = run_dir / "config.json"
     if not path.is_file():
@@ -111,9 +122,9 @@ def _training_items(config: TrainConfig, split: Split, run_dir: Path) -> tuple[l
 def train(config: TrainConfig) -> dict:
     """Trains (or resumes) the run in `config.run_dir`; returns the evaluation results (or {})."""
     config.validate()
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(config)
+    run_dir, chief = worker_run_dir(Path(config.run_dir), strategy)
+    run_dir.mkdir(parents=True, exist_ok=True)
     options = dict(config.dataset_options)
     split = load_dataset(config.dataset, config.data_dir, **options)
     print(split.summary(), flush=True)
@@ -214,7 +225,7 @@ def train(config: TrainConfig) -> dict:
     print(f"Saved {final}", flush=True)
 
     results: dict = {"train_seconds_this_session": round(train_seconds, 1)}
-    if config.eval_at_end and split.query and split.gallery:
+    if config.eval_at_end and chief and split.query and split.gallery:
         from mgn_tf.evaluation import evaluate_model
 
         results.update(

@@ -196,9 +196,9 @@ def build_mgn(
     }
     embedding = layers.Concatenate(name="embedding")([reduced[f] for f in FEATURE_NAMES])
 
-    classifier_init = keras.initializers.VarianceScaling(
-        2.0, mode="fan_out", distribution="untruncated_normal"
-    )
+    # N(0, 0.001) as fast-reid's classifiers: small initial logits, so training from scratch starts at
+    # cross-entropy ~log(C) instead of saturating on the large max-pooled 2048-d features.
+    classifier_init = keras.initializers.RandomNormal(0.0, 0.001)
     logits = [
         layers.Dense(num_classes, use_bias=False, kernel_initializer=classifier_init, name=f"classifier_{f}")(
             pooled[f] if f in TRIPLET_FEATURES else reduced[f]

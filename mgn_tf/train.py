@@ -6,12 +6,15 @@ last checkpoint in --run_dir when started again with the same command.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mgn_tf.config import STRATEGIES, ConfigError, TrainConfig
-from mgn_tf.data.datasets import DATASET_NAMES
+from absl import app, flags  # noqa: E402
+
+from mgn_tf.config import STRATEGIES, ConfigError, TrainConfig  # noqa: E402
+from mgn_tf.data.datasets import DATASET_NAMES  # noqa: E402
 
 _D = TrainConfig()
 F = flags.FLAGS
@@ -97,6 +100,8 @@ def main(argv: list[str]) -> int:
         return 2
     from mgn_tf import engine
     from mgn_tf.checkpoint import NonFiniteLossError
+    from mgn_tf.data.datasets import DatasetLayoutError
+    from mgn_tf.data.scan import BadDataError
 
     engine.configure_runtime(config)
     try:
@@ -104,9 +109,15 @@ def main(argv: list[str]) -> int:
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except ConfigError as exc:
+    except (ConfigError, DatasetLayoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BadDataError as exc:
+        print(
+            f"error: {exc}\n(--strict_data is set; without it bad files are skipped and listed)",
+            file=sys.stderr,
+        )
+        return 4
     return 0
 
 

@@ -1,0 +1,301 @@
+"""`python -m mgn_tf.train` end to end on small generated data: outputs, flags, bad data, NaN guard,
+exact resume after SIGKILL, and two local MultiWorkerMirroredStrategy workers.
+
+Every run is a subprocess at the smallest valid input (96×32) with a handful of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgn_tf.config import ConfigError, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--input_height=96", "--input_width=32", "--backbone_weights=none", "--p=2", "--k=2", "--verbose=2"]
+
+
+def make_folder_dataset(root: Path, train_ids: int = 6, per_id: int = 4, test_ids: int = 3) -> Path:
+    """`folder` layout: train/<id>/*.png, query/<id>/*_c1_*.png, gallery/<id>/*_c2_*.png; a colour per id."""
+    rng = np.random.default_rng(0)
+
+    def person(colour: np.ndarray) -> np.ndarray:
+        image = rng.integers(0, 60, (64, 32, 3)).astype(np.int16)
+        image[10:60, 6:26] += colour
+        return np.clip(image, 0, 255).astype(np.uint8)
+
+    colours = rng.integers(40, 200, (train_ids + test_ids, 3))
+    for i in range(train_ids):
+        folder = root / "train" / f"person{i:02d}"
+        folder.mkdir(parents=True)
+        for j in range(per_id):
+            Image.fromarray(person(colours[i])).save(folder / f"{j}_c{j % 2 + 1}_.png")
+    for i in range(train_ids, train_ids + test_ids):
+        for subset, camera in (("query", 1), ("gallery", 2)):
+            folder = root / subset / f"person{i:02d}"
+            folder.mkdir(parents=True)
+            for j in range(2):
+                Image.fromarray(person(colours[i])).save(folder / f"{j}_c{camera}_.png")
+    return root
+
+
+def run_train(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mgn_tf.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+def read_weights(path: Path) -> list[np.ndarray]:
+    arrays = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("folder_dataset"))
+
+
+# --- bad flags fail before any work -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, flag",
+    [
+        ({"p": 1}, "--p"),
+        ({"k": 1}, "--k"),
+        ({"input_height": 128}, "--input_height"),
+        ({"input_width": 40}, "--input_width"),
+        ({"strategy": "tpu"}, "--strategy"),
+        ({"lr": 0.0}, "--lr"),
+        ({"dataset": "market1501", "data_dir": "/nonexistent/market"}, "--data_dir"),
+        ({"backbone_weights": "/nonexistent/resnet.h5"}, "--backbone_weights"),
+    ],
+)
+def test_invalid_config_names_the_flag(changes, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(**changes).validate()
+
+
+def test_k1_is_fine_without_triplet():
+    TrainConfig(k=1, triplet_weight=0.0).validate()
+
+
+def test_cli_rejects_bad_flags_before_work(tmp_path):
+    unknown = run_train("--no_such_flag=3", timeout=120)
+    assert unknown.returncode != 0 and "no_such_flag" in unknown.stderr
+    bad = run_train(
+        "--dataset=folder", f"--data_dir={tmp_path}", f"--run_dir={tmp_path / 'run'}", "--p=1", timeout=120
+    )
+    assert bad.returncode == 2
+    assert "--p=1" in bad.stderr and ">= 2" in bad.stderr
+    assert not (tmp_path / "run").exists(), "nothing may be written for an invalid configuration"
+
+
+# --- a full small run, with bad files in the data ------------------------------------------------------
+
+
+def test_training_skips_bad_files_and_writes_the_run_directory(dataset, tmp_path):
+    data = tmp_path / "data"
+    make_folder_dataset(data)
+    bad_files = {
+        data / "train" / "person00" / "zero_c1_.png": b"",
+        data / "train" / "person01" / "text_c1_.png": b"this is not an image",
+    }
+    for path, content in bad_files.items():
+        path.write_bytes(content)
+    Image.fromarray(np.full((64, 32), 128, np.uint8), "L").save(data / "train" / "person02" / "gray_c1_.png")
+    run = tmp_path / "run"
+    result = run_train(
+        "--dataset=folder",
+        f"--data_dir={data}",
+        f"--run_dir={run}",
+        *TINY,
+        "--epochs=1",
+        "--steps_per_epoch=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = (run / "skipped_images.txt").read_text()
+    for path in bad_files:
+        assert str(path) in skipped
+    scan = json.loads((run / "data_scan.json").read_text())
+    assert any("gray_c1_" in converted[0] for converted in scan["converted"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_classes"] == 6 and config["input_height"] == 96 and config["num_train_images"] == 25
+    assert (run / "final.weights.h5").is_file()
+    assert (run / "checkpoints" / "step_00000002" / "trainer.weights.h5").is_file()
+    results = json.loads((run / "eval.json").read_text())
+    assert 0.0 <= results["rank1"] <= 1.0 and 0.0 <= results["mAP"] <= 1.0
+    assert results["num_query"] == 6 and results["num_gallery"] == 6
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[:1] == ["epoch"] and len(history) == 2
+    assert "softmax" in history[0] and "triplet" in history[0]
+    values = dict(zip(history[0].split(","), history[1].split(","), strict=True))
+    assert float(values["softmax"]) > 0 and float(values["triplet"]) >= 0  # not the 0.0 of an unused tracker
+
+    strict = run_train(
+        "--dataset=folder", f"--data_dir={data}", f"--run_dir={tmp_path / 'strict'}", *TINY, "--strict_data"
+    )
+    assert strict.returncode != 0
+    assert "zero_c1_.png" in strict.stderr and "text_c1_.png" in strict.stderr
+    assert not (tmp_path / "strict" / "final.weights.h5").exists()
+
+
+# --- NaN guard -----------------------------------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_with_step_term_and_last_good_checkpoint(dataset, tmp_path):
+    run = tmp_path / "nan"
+    result = run_train(
+        "--dataset=folder",
+        f"--data_dir={dataset}",
+        f"--run_dir={run}",
+        *TINY,
+        "--epochs=2",
+        "--steps_per_epoch=3",
+        "--lr=1e30",
+        "--checkpoint_every_steps=1",
+        "--scan_data=false",
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    message = [line for line in result.stderr.splitlines() if "non-finite loss" in line]
+    assert message, result.stderr[-3000:]
+    assert "training step" in message[0] and ("loss=nan" in message[0] or "loss=inf" in message[0])
+    bad_step = int(message[0].split("training step ")[1].split()[0])
+    kept = sorted((run / "checkpoints").glob("step_*"))
+    assert not (run / "final.weights.h5").exists()
+    if bad_step > 1:
+        assert kept and int(kept[-1].name.split("_")[1]) < bad_step
+        assert all(
+            np.isfinite(a).all() for a in read_weights(kept[-1] / "trainer.weights.h5") if a.dtype.kind == "f"
+        )
+    else:
+        assert not kept
+
+
+# --- exact resume after SIGKILL ------------------------------------------------------------------------
+
+
+def _kill_when(process: subprocess.Popen, checkpoints: Path, step: int, timeout: float = 500) -> None:
+    """SIGKILL the run once the checkpoint of `step` has been published."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (checkpoints / f"step_{step:08d}" / "state.json").is_file():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {process.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"no checkpoint of step {step} within {timeout} s")
+
+
+def test_killed_and_resumed_twice_ends_bit_identical(dataset, tmp_path):
+    common = [
+        "--dataset=folder",
+        f"--data_dir={dataset}",
+        *TINY,
+        "--epochs=2",
+        "--steps_per_epoch=3",
+        "--checkpoint_every_steps=1",
+        "--deterministic",
+        "--eval_at_end=false",
+        "--scan_data=false",
+        "--seed=3",
+    ]
+    straight = run_train(*common, f"--run_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    rng = np.random.default_rng()
+    first, second = sorted(rng.choice(np.arange(1, 6), 2, replace=False))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for kill_at in (first, second):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mgn_tf.train", *common, f"--run_dir={run}"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        _kill_when(process, run / "checkpoints", int(kill_at))
+    resumed = run_train(*common, f"--run_dir={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"(step {second})" in resumed.stdout
+    a, b = read_weights(tmp_path / "straight" / "final.weights.h5"), read_weights(run / "final.weights.h5")
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not list((run / "checkpoints").glob(".tmp_*")), "no half-written checkpoint is left behind"
+
+
+# --- two local workers ---------------------------------------------------------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_local_workers_end_with_identical_weights(dataset, tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    run = tmp_path / "multi"
+    args = [
+        "--dataset=folder",
+        f"--data_dir={dataset}",
+        f"--run_dir={run}",
+        *TINY,
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--eval_at_end=false",
+        "--scan_data=false",
+    ]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "mgn_tf.train", *args],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)},
+            )
+        )
+    outputs = [p.communicate(timeout=900) for p in processes]
+    for p, (_, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_replicas"] == 2
+    chief, other = (
+        read_weights(run / "final.weights.h5"),
+        read_weights(run / "workers/worker_1/final.weights.h5"),
+    )
+    assert len(chief) == len(other) > 0
+    for x, y in zip(chief, other, strict=True):
+        np.testing.assert_array_equal(x, y)
