@@ -162,6 +162,7 @@ def train(config: TrainConfig) -> dict:
             optimizer=SGDL2(schedule, momentum=config.momentum, l2=config.weight_decay),
             jit_compile=config.xla,
         )
+        trainer.build((None, *config.input_shape))
         trainer.optimizer.build(trainer.trainable_variables)
 
     checkpoint_dir = run_dir / "checkpoints"

@@ -7,19 +7,32 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from mgn_tf import train
+from mgn_tf import train  # noqa: F401  (defines the flags)
+from mgn_tf.flags import config_from_flags
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.flags"))
-PAPER = {"input_height": 384, "input_width": 128, "p": 16, "k": 4, "epochs": 80, "lr": 0.01,
-         "lr_decay_epochs": (40, 60), "lr_decay_factor": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-         "margin": 1.2, "flip": True, "backbone_weights": "imagenet"}
+PAPER = {
+    "input_height": 384,
+    "input_width": 128,
+    "p": 16,
+    "k": 4,
+    "epochs": 80,
+    "lr": 0.01,
+    "lr_decay_epochs": (40, 60),
+    "lr_decay_factor": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "margin": 1.2,
+    "flip": True,
+    "backbone_weights": "imagenet",
+}
 
 
 def parse(path: Path):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["train", f"--flagfile={path}"])
     try:
-        return train.config_from_flags()
+        return config_from_flags()
     finally:
         flags.FLAGS.unparse_flags()
 
