@@ -15,6 +15,7 @@ from mgn_tf.data.datasets import DATASET_NAMES
 from mgn_tf.model import check_input_shape
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+OPTIMIZERS = ("sgd", "adam")
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,7 @@ class TrainConfig:
     k: int = 4
     epochs: int = 80
     steps_per_epoch: int = 0
+    optimizer: str = "sgd"
     lr: float = 0.01
     lr_decay_epochs: tuple[int, ...] = (40, 60)
     lr_decay_factor: float = 0.1
@@ -76,6 +78,7 @@ class TrainConfig:
         need(
             self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0 (0 = one pass over the training set)"
         )
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"accepted values: {', '.join(OPTIMIZERS)}")
         need(self.lr > 0, "lr", "must be > 0")
         need(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")
         need(all(e > 0 for e in self.lr_decay_epochs), "lr_decay_epochs", "epochs must be positive integers")

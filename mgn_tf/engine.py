@@ -27,11 +27,22 @@ from mgn_tf.config import ConfigError, TrainConfig
 from mgn_tf.data.datasets import Split, load_dataset
 from mgn_tf.data.pipeline import batches_per_epoch, train_dataset
 from mgn_tf.model import build_mgn
-from mgn_tf.optimizer import SGDL2, step_decay_schedule
+from mgn_tf.optimizer import make_optimizer, step_decay_schedule
 from mgn_tf.trainer import MGNTrainer
 
 # Settings that must match between a run directory's config.json and a resumed run.
-RESUME_KEYS = ("dataset", "input_height", "input_width", "p", "k", "seed", "epochs", "lr", "lr_decay_epochs")
+RESUME_KEYS = (
+    "dataset",
+    "input_height",
+    "input_width",
+    "p",
+    "k",
+    "seed",
+    "lr",
+    "lr_decay_epochs",
+    "num_classes",
+)
+# (--epochs may grow on resume: the order of every epoch depends only on --seed and its index.)
 
 
 def configure_runtime(config: TrainConfig) -> None:
@@ -159,7 +170,7 @@ def train(config: TrainConfig) -> dict:
             config.lr, steps_per_epoch, config.lr_decay_epochs, config.lr_decay_factor
         )
         trainer.compile(
-            optimizer=SGDL2(schedule, momentum=config.momentum, l2=config.weight_decay),
+            optimizer=make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay),
             jit_compile=config.xla,
         )
         trainer.build((None, *config.input_shape))

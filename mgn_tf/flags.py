@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from mgn_tf.config import STRATEGIES, ConfigError, TrainConfig
+from mgn_tf.config import OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig
 from mgn_tf.data.datasets import DATASET_NAMES
 
 F = flags.FLAGS
@@ -35,6 +35,13 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.")
     flags.DEFINE_integer(
         "steps_per_epoch", _D.steps_per_epoch, "Batches per epoch; 0 = one pass over the training set."
+    )
+    flags.DEFINE_enum(
+        "optimizer",
+        _D.optimizer,
+        OPTIMIZERS,
+        "sgd: the paper's SGD + momentum + L2 (PyTorch semantics); adam: Adam with the same L2 added to the "
+        "gradient (for training from scratch without ImageNet weights, e.g. the CPU configs).",
     )
     flags.DEFINE_float("lr", _D.lr, "Initial learning rate.")
     flags.DEFINE_list(

@@ -56,6 +56,36 @@ class SGDL2(keras.optimizers.Optimizer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="mgn_tf")
+class AdamL2(keras.optimizers.Adam):
+    """Adam with L2 added to the gradient (PyTorch's `Adam(weight_decay=...)`), not decoupled AdamW."""
+
+    def __init__(self, learning_rate=3.5e-4, l2: float = 5e-4, name: str = "adam_l2", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if l2 < 0.0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        self.l2 = l2
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.l2:
+            gradient = ops.add(
+                ops.cast(gradient, variable.dtype), ops.multiply(ops.cast(self.l2, variable.dtype), variable)
+            )
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "l2": self.l2}
+
+
+def make_optimizer(name: str, schedule, momentum: float, l2: float) -> keras.optimizers.Optimizer:
+    """ "sgd": the paper's SGDL2; "adam": AdamL2 (betas 0.9/0.999)."""
+    if name == "sgd":
+        return SGDL2(schedule, momentum=momentum, l2=l2)
+    if name == "adam":
+        return AdamL2(schedule, l2=l2)
+    raise ValueError(f"unknown optimizer {name!r} (accepted: sgd, adam)")
+
+
 def step_decay_schedule(
     base_lr: float, steps_per_epoch: int, decay_epochs: tuple[int, ...] = (40, 60), factor: float = 0.1
 ) -> keras.optimizers.schedules.LearningRateSchedule:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mgn_tf.optimizer import SGDL2, step_decay_schedule
+from mgn_tf.optimizer import SGDL2, AdamL2, make_optimizer, step_decay_schedule
 
 
 def test_update_matches_hand_computation_across_a_learning_rate_step():
@@ -57,3 +57,23 @@ def test_invalid_arguments():
         SGDL2(0.1, momentum=1.5)
     with pytest.raises(ValueError, match="l2"):
         SGDL2(0.1, l2=-1)
+
+
+def test_adam_l2_adds_l2_to_the_gradient_before_adam():
+    grads = [np.array([0.1, -0.3], np.float32), np.array([0.2, 0.05], np.float32)]
+    ours, reference = (
+        keras.Variable(np.array([1.0, -2.0], np.float32)),
+        keras.Variable(np.array([1.0, -2.0], np.float32)),
+    )
+    a, b = AdamL2(0.01, l2=0.1), keras.optimizers.Adam(0.01)
+    for g in grads:
+        b.apply([tf.constant(g) + 0.1 * reference.value], [reference])  # the L2 gradient, written out
+        a.apply([tf.constant(g)], [ours])
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6)
+
+
+def test_make_optimizer_names():
+    assert isinstance(make_optimizer("sgd", 0.01, 0.9, 5e-4), SGDL2)
+    assert isinstance(make_optimizer("adam", 3.5e-4, 0.9, 5e-4), AdamL2)
+    with pytest.raises(ValueError, match="rmsprop"):
+        make_optimizer("rmsprop", 0.01, 0.9, 5e-4)
