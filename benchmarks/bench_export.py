@@ -1,0 +1,96 @@
+"""Export benchmark: the full 384x128 MGN with distinct branch weights to every format.
+
+    .venv/bin/python benchmarks/bench_export.py [--out /tmp/mgn_bench_export] [--onnx_default_route]
+
+Prints the parity table (max abs diff, min cosine, pairwise spread vs Keras; file size; images/s at batch 8
+for Keras and each runtime), the SavedModel size against the weights' bytes, and the peak RSS of the
+tf2onnx child; writes all of it to <out>/bench_export.json.
+  --onnx_default_route  also convert with the default protobuf backend to measure its peak RSS
+                        (~20 GB: waits for that much free memory, skipped after --memory_wait_s).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "/tmp/mgn_bench_export", "Output directory (artefacts and bench_export.json).")
+flags.DEFINE_integer("num_classes", 751, "Classifier width of the benchmark model (Market-1501 train ids).")
+flags.DEFINE_string("parity_images", None, "Image folder for the parity batch (default: generated images).")
+flags.DEFINE_float("speed_seconds", 3.0, "Minimum seconds to time each runtime.")
+flags.DEFINE_bool("onnx_default_route", False, "Also measure tf2onnx's peak RSS with the default protobuf.")
+flags.DEFINE_float("memory_wait_s", 600, "How long to wait for free memory before each ONNX conversion.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    from export import exporter, onnx_model, saved_model
+    from export.perturb import distinct_fresh_model
+    from mgn_tf.model import embedding_model
+
+    out = Path(FLAGS.out)
+    if out.exists():
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    model = embedding_model(distinct_fresh_model(FLAGS.num_classes, (384, 128, 3), seed=0))
+    report = exporter.export_all(
+        model,
+        out,
+        parity_images=FLAGS.parity_images,
+        parity_count=8,
+        speed_seconds=FLAGS.speed_seconds,
+        onnx_min_free_bytes=onnx_model.DEFAULT_MIN_FREE_BYTES,
+        info={"benchmark": "distinct_fresh_model(seed=0)"},
+    )
+    results = report.to_dict()
+    sm_bytes = saved_model.directory_size(report.artefacts["savedmodel"])
+    results.update(
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
+        savedmodel_bytes=sm_bytes,
+        savedmodel_over_weights=sm_bytes / report.weights_bytes,
+    )
+    print(f"\nParity on {report.parity_source}, batch 8, 384x128:\n{report.table()}")
+    print(
+        f"SavedModel {sm_bytes / 1e6:.1f} MB for {report.weights_bytes / 1e6:.1f} MB of weights "
+        f"({sm_bytes / report.weights_bytes:.3f}x)"
+    )
+    print("Conversion seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report.seconds.items()))
+    print(f"ONNX (lean route: pure-Python protobuf) child peak RSS {report.onnx_peak_rss_bytes / 1e9:.2f} GB")
+
+    if FLAGS.onnx_default_route:
+        needed = 21 * 2**30
+        onnx_model.wait_for_memory(needed, timeout_s=FLAGS.memory_wait_s)
+        free = onnx_model.available_memory_bytes() or 0
+        if free < needed:
+            print(f"default-route ONNX conversion skipped: {free / 2**30:.1f} GiB available")
+        else:
+            conversion = onnx_model.start_conversion(
+                report.artefacts["savedmodel"], out / "default_route.onnx", lean=False
+            )
+            conversion.wait()
+            results["onnx_default_route"] = {
+                "peak_rss_bytes": conversion.peak_rss_bytes,
+                "seconds": conversion.seconds,
+            }
+            print(
+                f"ONNX default route child peak RSS {conversion.peak_rss_bytes / 1e9:.2f} GB "
+                f"({conversion.seconds:.0f} s)"
+            )
+            (out / "default_route.onnx").unlink()
+
+    results["total_seconds"] = time.perf_counter() - started
+    (out / "bench_export.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nResults: {out / 'bench_export.json'} ({results['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,225 @@
+"""Exports an MGN embedding model to every format and checks each artefact against Keras.
+
+Layout of `out_dir`:
+
+    <model_name>/<version>/            SavedModel (TF Serving: mount <out_dir>/<model_name> as the base path)
+    <model_name>_<variant>.tflite      TFLite variants (+ .json export info beside each)
+    <model_name>.onnx                  ONNX
+    export_report.json                 parity table, sizes, speeds, conversion memory
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from export import onnx_model, parity, saved_model, tflite_model
+from mgn_tf.inference import EMBED_SIGNATURE, KerasEmbedder, load
+from mgn_tf.model import embedding_model
+
+FORMATS: tuple[str, ...] = ("savedmodel", "tflite", "onnx")
+REPORT_NAME = "export_report.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportReport:
+    """What an export produced and how each artefact compares with Keras."""
+
+    out_dir: Path
+    artefacts: dict[str, Path] = field(default_factory=dict)
+    results: list[parity.ParityResult] = field(default_factory=list)
+    weights_bytes: int = 0
+    parity_source: str = ""
+    onnx_peak_rss_bytes: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def table(self) -> str:
+        return parity.format_table(self.results)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "artefacts": {k: str(v) for k, v in self.artefacts.items()},
+            "weights_bytes": self.weights_bytes,
+            "parity_images": self.parity_source,
+            "onnx_peak_rss_bytes": self.onnx_peak_rss_bytes,
+            "seconds": self.seconds,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def export_all(
+    model: keras.Model,
+    out_dir: str | Path,
+    formats: Sequence[str] = FORMATS,
+    model_name: str = "mgn",
+    version: int = 1,
+    flip_norm: bool = False,
+    tflite_variants: Sequence[str] = tuple(tflite_model.VARIANTS),
+    opset: int = onnx_model.DEFAULT_OPSET,
+    parity_images: str | Path | None = None,
+    parity_count: int = 8,
+    session_loader_check: bool = True,
+    speed_seconds: float = 1.0,
+    onnx_min_free_bytes: int = onnx_model.DEFAULT_MIN_FREE_BYTES,
+    info: dict | None = None,
+) -> ExportReport:
+    """Exports `model` (a build_mgn model or its embedding model) and checks parity of every artefact.
+
+    The ONNX conversion runs in a child process while the TFLite variants convert. Parity: the artefact
+    (loaded with mgn_tf.inference.load, the API users get) and Keras embed the same `parity_count` images
+    (from `parity_images`, else generated); the SavedModel is also run through its image-bytes signature
+    and, when `session_loader_check`, through `saved_model_cli run` (TF Serving's session loader).
+    Speeds are images/s at batch `parity_count`. Check `report.ok`; nothing raises for a broken bound.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
+    bad_variants = sorted(set(tflite_variants) - set(tflite_model.VARIANTS))
+    if bad_variants:
+        raise ValueError(f"unknown TFLite variants {bad_variants}; choose from {list(tflite_model.VARIANTS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model.output, dict):
+        model = embedding_model(model)
+    size = tuple(int(d) for d in model.input_shape[1:3])
+    info = {**(info or {}), "input_height": size[0], "input_width": size[1], "flip_norm": flip_norm}
+    weights_bytes = sum(int(np.prod(v.shape)) * v.value.dtype.size for v in model.variables)
+    report = ExportReport(out_dir, weights_bytes=weights_bytes)
+
+    batch = parity.parity_batch(size, parity_images, parity_count)
+    report.parity_source = batch.source
+    keras_embedder = KerasEmbedder(model, Path("<keras>"), flip_norm=flip_norm)
+    reference = keras_embedder.embed(batch.pixels, batch_size=len(batch.pixels))
+    report.results.append(
+        parity.compare(
+            "keras",
+            "float32",
+            reference,
+            reference,
+            report.weights_bytes,
+            parity.images_per_second(_embed_fn(keras_embedder), batch.pixels, speed_seconds),
+        )
+    )
+
+    scratch = None if "savedmodel" in formats else Path(tempfile.mkdtemp(prefix="mgn_export_"))
+    started = time.perf_counter()
+    sm_dir = saved_model.export_saved_model(model, scratch or out_dir, model_name, version, flip_norm, info)
+    report.seconds["savedmodel"] = time.perf_counter() - started
+    if scratch is None:
+        report.artefacts["savedmodel"] = sm_dir
+    log.info("SavedModel written to %s (%.0f s)", sm_dir, report.seconds["savedmodel"])
+    conversion = None
+    try:
+        if "onnx" in formats:
+            onnx_model.wait_for_memory(onnx_min_free_bytes)
+            conversion = onnx_model.start_conversion(sm_dir, out_dir / f"{model_name}.onnx", opset, info)
+            log.info("tf2onnx started in child process %d", conversion.process.pid)
+        if "tflite" in formats:
+            for variant in tflite_variants:
+                started = time.perf_counter()
+                path = out_dir / f"{model_name}_{variant}.tflite"
+                report.artefacts[f"tflite_{variant}"] = tflite_model.export_tflite(
+                    sm_dir, path, variant, info
+                )
+                report.seconds[f"tflite_{variant}"] = time.perf_counter() - started
+                log.info(
+                    "TFLite %s written to %s (%.0f s)", variant, path, report.seconds[f"tflite_{variant}"]
+                )
+                gc.collect()
+        if conversion is not None:
+            report.artefacts["onnx"] = conversion.wait()
+            report.onnx_peak_rss_bytes = conversion.peak_rss_bytes
+            report.seconds["onnx"] = conversion.seconds
+            log.info(
+                "ONNX written to %s (%.0f s, child peak RSS %.2f GB)",
+                conversion.out_path,
+                conversion.seconds,
+                conversion.peak_rss_bytes / 1e9,
+            )
+
+        if "savedmodel" in formats:
+            report.results += _check_saved_model(
+                sm_dir, batch, reference, flip_norm, session_loader_check, speed_seconds
+            )
+        for key, path in report.artefacts.items():
+            if key.startswith("tflite_"):
+                variant = key.removeprefix("tflite_")
+                precision = tflite_model.VARIANTS[variant]
+                report.results.append(
+                    _check(f"tflite/{variant}", precision, path, batch, reference, flip_norm, speed_seconds)
+                )
+        if "onnx" in report.artefacts:
+            report.results.append(
+                _check(
+                    "onnx", "float32", report.artefacts["onnx"], batch, reference, flip_norm, speed_seconds
+                )
+            )
+    finally:
+        if conversion is not None:
+            conversion.cancel()  # a no-op once finished
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    (out_dir / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2))
+    return report
+
+
+def _embed_fn(embedder):
+    return lambda images: embedder.embed(images, batch_size=len(images))
+
+
+def _check(name, precision, path, batch, reference, flip_norm, speed_seconds) -> parity.ParityResult:
+    embedder = load(path)
+    outputs = embedder.embed(batch.pixels, batch_size=len(batch.pixels))
+    speed = parity.images_per_second(_embed_fn(embedder), batch.pixels, speed_seconds)
+    result = parity.compare(name, precision, reference, outputs, saved_model.directory_size(path), speed)
+    if embedder.flip_norm != flip_norm:
+        result.failures.append(f"artefact reports flip_norm={embedder.flip_norm}, exported with {flip_norm}")
+    del embedder
+    gc.collect()
+    return result
+
+
+def _check_saved_model(sm_dir, batch, reference, flip_norm, session_loader_check, speed_seconds):
+    results = [
+        _check(f"savedmodel/{EMBED_SIGNATURE}", "float32", sm_dir, batch, reference, flip_norm, speed_seconds)
+    ]
+    results.append(_check_serving_signature(sm_dir, batch, reference, speed_seconds))
+    if session_loader_check:
+        for signature, inputs in (
+            (EMBED_SIGNATURE, batch.pixels),
+            (saved_model.SERVING_SIGNATURE, np.array(batch.encoded, dtype=object)),
+        ):
+            outputs = saved_model.run_with_session_loader(sm_dir, signature, inputs)
+            results.append(parity.compare(f"saved_model_cli run/{signature}", "float32", reference, outputs))
+    gc.collect()
+    return results
+
+
+def _check_serving_signature(sm_dir, batch, reference, speed_seconds) -> parity.ParityResult:
+    """The image-bytes signature in-process, fed the encoded parity images."""
+    serving = tf.saved_model.load(str(sm_dir)).signatures[saved_model.SERVING_SIGNATURE]
+    encoded = tf.constant(batch.encoded)
+
+    def serve(_pixels: np.ndarray) -> np.ndarray:
+        return serving(images=encoded)[saved_model.OUTPUT_KEY].numpy()
+
+    name = f"savedmodel/{saved_model.SERVING_SIGNATURE}"
+    speed = parity.images_per_second(serve, batch.pixels, speed_seconds)
+    return parity.compare(name, "float32", reference, serve(batch.pixels), None, speed)

@@ -1,0 +1,185 @@
+"""Parity of exported models against the Keras model on one fixed batch of images.
+
+Bounds (checked by every export): float32 artefacts within `FLOAT32_MAX_ABS_DIFF` of Keras element-wise;
+float16 and int8 artefacts at cosine similarity >= `REDUCED_MIN_COSINE` per image. Every artefact must also
+keep different images apart: its smallest pairwise distance between embeddings must be at least
+`MIN_SPREAD_RATIO` of Keras's (an export that ignores its input, e.g. lost weights giving a constant
+output, can still be "close" in cosine to embeddings that are all alike).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from mgn_tf.images import load_images
+
+FLOAT32_MAX_ABS_DIFF = 1e-4
+REDUCED_MIN_COSINE = 0.999
+MIN_SPREAD_RATIO = 0.5
+MIN_REFERENCE_SPREAD = 1e-6
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclass
+class ParityBatch:
+    """Images for the parity check: float32 pixels [N, H, W, 3] and their encoded bytes (same pixels)."""
+
+    pixels: np.ndarray
+    encoded: list[bytes]
+    source: str
+
+
+def parity_batch(size: tuple[int, int], image_dir: str | Path | None = None, count: int = 8, seed: int = 0):
+    """A fixed batch of `count` distinct images at `size` (height, width).
+
+    From `image_dir` (searched recursively; the first `count` files with distinct content in sorted path
+    order), else generated: seeded smooth colour fields with noise, PNG-encoded (lossless).
+    """
+    if count < 2:
+        raise ValueError(f"the parity batch needs at least 2 images, got count={count}")
+    if image_dir is None:
+        return _generated_batch(size, count, seed)
+    files = sorted(
+        p for p in Path(image_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    chosen, encoded, seen = [], [], set()
+    for path in files:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            chosen.append(path)
+            encoded.append(data)
+        if len(chosen) == count:
+            break
+    if len(chosen) < count:
+        raise ValueError(f"{image_dir} holds {len(chosen)} distinct images ({IMAGE_SUFFIXES}); need {count}")
+    return ParityBatch(load_images(chosen, size), encoded, f"{len(chosen)} images from {image_dir}")
+
+
+def _generated_batch(size: tuple[int, int], count: int, seed: int) -> ParityBatch:
+    rng = np.random.default_rng(seed)
+    height, width = size
+    coarse = rng.uniform(0, 255, (count, 6, 3, 3)).astype(np.float32)
+    smooth = tf.image.resize(coarse, (height, width), method="bilinear").numpy()
+    noise = rng.normal(0, 12, (count, height, width, 3))
+    pixels = np.clip(np.round(smooth + noise), 0, 255).astype(np.uint8)
+    encoded = [tf.io.encode_png(image).numpy() for image in pixels]
+    return ParityBatch(pixels.astype(np.float32), encoded, f"{count} generated images (seed {seed})")
+
+
+def min_pairwise_distance(embeddings: np.ndarray) -> float:
+    """The smallest Euclidean distance between two rows, relative to the mean row norm."""
+    x = embeddings.astype(np.float64)
+    squared = (x * x).sum(1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0.0))
+    distances[np.diag_indices(len(x))] = np.inf
+    return float(distances.min() / max(np.sqrt(squared).mean(), 1e-30))
+
+
+def cosine_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two [N, D] arrays."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return (a * b).sum(1) / norms
+
+
+@dataclass
+class ParityResult:
+    """One artefact (or signature) compared with Keras."""
+
+    name: str
+    precision: str  # "float32", "float16" or "int8"
+    max_abs_diff: float
+    min_cosine: float
+    spread_ratio: float
+    size_bytes: int | None = None
+    images_per_s: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def compare(
+    name: str,
+    precision: str,
+    reference: np.ndarray,
+    outputs: np.ndarray,
+    size_bytes: int | None = None,
+    images_per_s: float | None = None,
+) -> ParityResult:
+    """Checks `outputs` of an artefact against the Keras `reference` embeddings of the same images."""
+    if outputs.shape != reference.shape:
+        return ParityResult(
+            name,
+            precision,
+            np.inf,
+            -1.0,
+            0.0,
+            size_bytes,
+            images_per_s,
+            [f"output shape {outputs.shape} != Keras {reference.shape}"],
+        )
+    failures = []
+    max_abs = float(np.abs(outputs.astype(np.float64) - reference).max())
+    min_cos = float(cosine_similarities(outputs, reference).min())
+    reference_spread = min_pairwise_distance(reference)
+    spread_ratio = min_pairwise_distance(outputs) / max(reference_spread, 1e-30)
+    if not np.isfinite(outputs).all():
+        failures.append("non-finite outputs")
+    if precision == "float32" and not max_abs <= FLOAT32_MAX_ABS_DIFF:
+        failures.append(f"max abs diff {max_abs:.3g} > {FLOAT32_MAX_ABS_DIFF:g}")
+    if precision != "float32" and not min_cos >= REDUCED_MIN_COSINE:
+        failures.append(f"min cosine {min_cos:.6f} < {REDUCED_MIN_COSINE}")
+    if reference_spread < MIN_REFERENCE_SPREAD:
+        failures.append("the Keras embeddings of different parity images are (nearly) identical")
+    elif not spread_ratio >= MIN_SPREAD_RATIO:
+        failures.append(
+            f"different images give (nearly) identical embeddings: pairwise spread {spread_ratio:.3g}× "
+            f"Keras's (< {MIN_SPREAD_RATIO})"
+        )
+    return ParityResult(name, precision, max_abs, min_cos, spread_ratio, size_bytes, images_per_s, failures)
+
+
+def images_per_second(
+    run: Callable[[np.ndarray], object], batch: np.ndarray, min_seconds: float = 1.0
+) -> float:
+    """Throughput of `run(batch)` after one warm-up call: repeats until `min_seconds` have passed."""
+    run(batch)
+    calls, start = 0, time.perf_counter()
+    while True:
+        run(batch)
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return calls * len(batch) / elapsed
+
+
+def format_table(results: Sequence[ParityResult]) -> str:
+    """A fixed-width text table of parity results."""
+    header = (
+        f"{'artefact':36s} {'precision':9s} {'max|diff|':>10s} {'min cos':>10s} {'spread':>7s} "
+        f"{'size MB':>8s} {'img/s':>7s}  status"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        size = f"{r.size_bytes / 1e6:8.1f}" if r.size_bytes is not None else f"{'-':>8s}"
+        speed = f"{r.images_per_s:7.2f}" if r.images_per_s is not None else f"{'-':>7s}"
+        status = "ok" if r.ok else "FAIL: " + "; ".join(r.failures)
+        lines.append(
+            f"{r.name:36s} {r.precision:9s} {r.max_abs_diff:10.3g} {r.min_cosine:10.7f} "
+            f"{r.spread_ratio:7.3f} {size} {speed}  {status}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""TF Serving: an example models.config and REST / gRPC clients for the exported SavedModel."""

@@ -1,0 +1,96 @@
+"""Client-side helpers shared by the REST and gRPC clients: reading image files and ranking.
+
+Only the standard library and numpy (Pillow, if installed, for a stricter check), so a client machine does
+not need TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Formats tf.io.decode_image (the server's decoder) reads, by their leading bytes (JPEG XL left out).
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+class UnreadableImageError(ValueError):
+    """An image file the server could not decode; the message names the file. Raised before sending."""
+
+
+def image_format(data: bytes) -> str | None:
+    """ "JPEG", "PNG", "GIF" or "BMP" from the leading bytes, else None."""
+    return next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file the server can decode; raises UnreadableImageError naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnreadableImageError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
+    kind = image_format(data)
+    if kind is None:
+        raise UnreadableImageError(
+            f"{path} is not a JPEG, PNG, GIF or BMP image (the formats the server decodes)"
+        )
+    try:
+        from PIL import Image
+    except ImportError:
+        return data
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data
+        raise UnreadableImageError(f"{path} is a corrupt {kind} image: {exc}") from exc
+    return data
+
+
+def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files given directly plus the image files inside given folders (recursive, sorted)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            files.append(item)
+    return files
+
+
+def cosine_ranking(query: np.ndarray, gallery: np.ndarray, top_k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the indices and cosine similarities of the `top_k` most similar gallery rows."""
+    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+    g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
+    similarity = q @ g.T
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
+    return order, np.take_along_axis(similarity, order, axis=1)
+
+
+def print_results(
+    query_files: Sequence[Path],
+    query: np.ndarray,
+    gallery_files: Sequence[Path],
+    gallery: np.ndarray | None,
+    top_k: int,
+) -> None:
+    """Prints each query's embedding summary, or its top-k gallery matches when a gallery is given."""
+    if gallery is None:
+        for path, vector in zip(query_files, query, strict=True):
+            head = " ".join(f"{v:.4f}" for v in vector[:6])
+            print(f"{path}: dim {vector.size}, norm {np.linalg.norm(vector):.4f}, [{head} ...]")
+        return
+    order, scores = cosine_ranking(query, gallery, top_k)
+    for path, indices, sims in zip(query_files, order, scores, strict=True):
+        print(f"{path}:")
+        for rank, (i, s) in enumerate(zip(indices, sims, strict=True), 1):
+            print(f"  {rank:2d}. {s:.4f}  {gallery_files[i]}")

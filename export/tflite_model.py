@@ -1,0 +1,40 @@
+"""TFLite export of the SavedModel's `embed` signature: float32, float16 weights, dynamic-range int8."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tensorflow as tf
+
+from mgn_tf.inference import EMBED_SIGNATURE
+
+# variant -> the precision its parity bound applies to
+VARIANTS: dict[str, str] = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+
+
+def convert(saved_model_dir: str | Path, variant: str = "fp32") -> bytes:
+    """Converts the `embed` signature of a SavedModel to a TFLite flatbuffer.
+
+    fp32: float32 weights and kernels. fp16: float16 weights (dequantized to float32 at load on CPU).
+    int8: dynamic-range quantization (int8 weights, activations quantized on the fly per batch).
+    The input keeps a dynamic batch dimension ([-1, H, W, 3] in its shape signature).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model_dir), signature_keys=[EMBED_SIGNATURE]
+    )
+    if variant != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def export_tflite(saved_model_dir: str | Path, out_path: str | Path, variant: str, info: dict) -> Path:
+    """Writes the `variant` conversion to `out_path` and the export info to `<out_path>.json`."""
+    out_path = Path(out_path)
+    out_path.write_bytes(convert(saved_model_dir, variant))
+    out_path.with_name(out_path.name + ".json").write_text(json.dumps({**info, "variant": variant}, indent=2))
+    return out_path

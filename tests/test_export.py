@@ -1,0 +1,429 @@
+"""Export to SavedModel / TFLite / ONNX, parity with Keras, TF Serving's loader and request formats.
+
+One export of every format per session (`exported`, shared with test_inference.py): `python -m export` on
+a run directory of a fresh MGN at 96x32 with distinct branch weights, flip-averaging and L2 normalisation
+baked in. The truth is the Keras model rebuilt from the same weights file, run on real mini_market1501
+images in this process.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export import exporter, parity, saved_model
+from export.perturb import distinct_fresh_model
+from export.serving import common, grpc_client, rest_client
+from mgn_tf import inference
+from mgn_tf.images import load_images
+from mgn_tf.model import build_mgn, embedding_model
+
+INPUT_SIZE = (96, 32)
+NUM_CLASSES = 4
+EMBEDDING_DIM = 2048
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+_CACHE: dict[str, object] = {}
+
+
+@dataclass
+class Exported:
+    run_dir: Path
+    out: Path
+    stdout: str
+    report: dict
+    seconds: float
+
+    @property
+    def saved_model(self) -> Path:
+        return self.out / "mgn" / "1"
+
+
+def _make_run_dir(root: Path) -> Path:
+    """A training run's layout: config.json, final.weights.h5 and one checkpoint (hard link)."""
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    model = distinct_fresh_model(NUM_CLASSES, (*INPUT_SIZE, 3), seed=0)
+    model.save_weights(run / "final.weights.h5")
+    os.link(run / "final.weights.h5", run / "checkpoints" / "epoch_001.weights.h5")
+    config = {"num_classes": NUM_CLASSES, "input_height": INPUT_SIZE[0], "input_width": INPUT_SIZE[1]}
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 1}))
+    return run
+
+
+def export_once(tmp_path_factory, mini_market_dir: Path) -> Exported:
+    """Runs `python -m export` once per session (cached here: test_inference.py calls it too)."""
+    if "exported" not in _CACHE:
+        root = tmp_path_factory.mktemp("export")
+        run = _make_run_dir(root)
+        out = root / "out"
+        command = [
+            sys.executable,
+            "-m",
+            "export",
+            "--weights",
+            str(run),
+            "--out",
+            str(out),
+            "--bake_flip_norm",
+            "--parity_images",
+            str(mini_market_dir / "bounding_box_test"),
+            "--speed_seconds",
+            "0",
+        ]
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1200)
+        seconds = time.perf_counter() - start
+        assert result.returncode == 0, f"export failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        report = json.loads((out / exporter.REPORT_NAME).read_text())
+        _CACHE["exported"] = Exported(run, out, result.stdout, report, seconds)
+    return _CACHE["exported"]
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, mini_market_dir) -> Exported:
+    return export_once(tmp_path_factory, mini_market_dir)
+
+
+class KerasTruth:
+    """The Keras embedding model rebuilt from the run's weights (independent of mgn_tf.inference)."""
+
+    def __init__(self, weights: Path):
+        model = build_mgn(NUM_CLASSES, (*INPUT_SIZE, 3))
+        model.load_weights(weights)
+        self.model = embedding_model(model)
+
+    def __call__(self, pixels: np.ndarray, flip_norm: bool = False) -> np.ndarray:
+        features = self.model(pixels, training=False).numpy()
+        if flip_norm:
+            features = (features + self.model(pixels[:, :, ::-1], training=False).numpy()) / 2
+            features /= np.linalg.norm(features, axis=1, keepdims=True)
+        return features
+
+
+def truth_once(exported: Exported) -> KerasTruth:
+    if "truth" not in _CACHE:
+        _CACHE["truth"] = KerasTruth(exported.run_dir / "final.weights.h5")
+    return _CACHE["truth"]
+
+
+def query_images(mini_market_dir: Path) -> list[Path]:
+    """Real images the parity check of the export did not use (it used bounding_box_test)."""
+    return sorted((mini_market_dir / "query").glob("*.jpg"))[:6]
+
+
+@pytest.fixture(scope="session")
+def truth(exported) -> KerasTruth:
+    return truth_once(exported)
+
+
+@pytest.fixture(scope="session")
+def query_files(mini_market_dir) -> list[Path]:
+    return query_images(mini_market_dir)
+
+
+@pytest.fixture(scope="module")
+def serving_signature(exported):
+    """`serving_default` loaded in-process, as TF Serving calls it."""
+    return tf.saved_model.load(str(exported.saved_model)).signatures["serving_default"]
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, precision: str = "float32") -> None:
+    assert actual.shape == expected.shape and actual.dtype == np.float32
+    if precision == "float32":
+        assert np.abs(actual - expected).max() <= parity.FLOAT32_MAX_ABS_DIFF
+    else:
+        assert parity.cosine_similarities(actual, expected).min() >= parity.REDUCED_MIN_COSINE
+    assert parity.min_pairwise_distance(actual) >= 0.5 * parity.min_pairwise_distance(expected)
+
+
+# --------------------------------------------------------------------------------------- the export tool
+
+
+def test_cli_exports_every_format_within_bounds(exported):
+    print(f"\nexport of all formats took {exported.seconds:.0f} s\n{exported.stdout}")
+    report = exported.report
+    assert report["ok"]
+    names = {r["name"] for r in report["results"]}
+    assert names == {
+        "keras",
+        "savedmodel/embed",
+        "savedmodel/serving_default",
+        "saved_model_cli run/embed",
+        "saved_model_cli run/serving_default",
+        "tflite/fp32",
+        "tflite/fp16",
+        "tflite/int8",
+        "onnx",
+    }
+    for name in names:
+        assert name in exported.stdout  # the printed table
+    assert report["onnx_peak_rss_bytes"] > 0
+    assert (exported.saved_model / "saved_model.pb").is_file()
+    for name in ("mgn_fp32.tflite", "mgn_fp16.tflite", "mgn_int8.tflite", "mgn.onnx"):
+        assert (exported.out / name).stat().st_size > 1e6
+    sizes = {r["name"]: r["size_bytes"] for r in report["results"]}
+    assert (
+        sizes["tflite/fp16"] < 0.55 * sizes["tflite/fp32"]
+        and sizes["tflite/int8"] < 0.3 * sizes["tflite/fp32"]
+    )
+
+
+def test_saved_model_stores_weights_once(exported):
+    weights = exported.report["weights_bytes"]
+    assert weights > 250e6  # ~69M float32 parameters (input size does not change them)
+    variables = saved_model.directory_size(exported.saved_model / "variables")
+    assert variables < 1.01 * weights
+    assert saved_model.directory_size(exported.saved_model) < 1.05 * weights
+
+
+def test_saved_model_signatures_as_tf_serving_sees_them(exported):
+    shown = saved_model.saved_model_cli("show", "--dir", str(exported.saved_model), "--all")
+    serving = shown[shown.index("signature_def['serving_default']") :]
+    embed = shown[shown.index("signature_def['embed']") :]
+    assert "inputs['images']" in serving and "dtype: DT_STRING" in serving.split("outputs")[0]
+    assert "shape: (-1)" in serving.split("outputs")[0]
+    assert "dtype: DT_FLOAT" in embed.split("outputs")[0]
+    assert f"shape: (-1, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}, 3)" in embed
+    for block in (serving, embed):
+        outputs = block.split("outputs", 1)[1].split("Method name")[0]
+        assert "outputs['embedding']" in block and f"shape: (-1, {EMBEDDING_DIM})" in outputs
+
+
+def test_session_loader_runs_the_image_bytes_signature(exported, truth, query_files):
+    """`saved_model_cli run` in a subprocess: TF1's session-based loader, the one TF Serving uses.
+
+    (The export itself ran both signatures this way on its parity batch: see the report rows.)
+    """
+    encoded = np.array([p.read_bytes() for p in query_files], dtype=object)
+    outputs = saved_model.run_with_session_loader(exported.saved_model, "serving_default", encoded)
+    assert_close(outputs, truth(load_images(query_files, INPUT_SIZE), flip_norm=True))
+    rows = {r["name"]: r for r in exported.report["results"]}
+    assert rows["saved_model_cli run/embed"]["ok"] and rows["saved_model_cli run/serving_default"]["ok"]
+
+
+def test_rest_payload_decoded_as_tf_serving_does(serving_signature, truth, query_files):
+    request = json.loads(json.dumps(rest_client.build_predict_request([p.read_bytes() for p in query_files])))
+    assert request["signature_name"] == "serving_default"
+    assert set(request["instances"][0]) == {"b64"}
+    images = rest_client.decode_instances(request)
+    assert images[0] == query_files[0].read_bytes()
+    outputs = serving_signature(images=tf.constant(images))["embedding"].numpy()
+    assert_close(outputs, truth(load_images(query_files, INPUT_SIZE), flip_norm=True))
+    response = json.loads(json.dumps({"predictions": outputs.tolist()}))
+    np.testing.assert_array_equal(rest_client.parse_predict_response(response), outputs)
+
+
+def test_rest_client_over_http(serving_signature, truth, query_files):
+    """The client against a stand-in for TF Serving's REST layer that runs the real signature."""
+
+    class PredictHandler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            if self.path != "/v1/models/mgn:predict":
+                self._reply(404, {"error": f"Servable not found for request: {self.path}"})
+                return
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            images = tf.constant(rest_client.decode_instances(request))
+            outputs = serving_signature(images=images)["embedding"].numpy()
+            self._reply(200, {"predictions": outputs.tolist()})
+
+        def _reply(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PredictHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        features = rest_client.embed_files(query_files, server=url, batch_size=4)  # 2 requests
+        assert_close(features, truth(load_images(query_files, INPUT_SIZE), flip_norm=True))
+        with pytest.raises(RuntimeError, match="HTTP 404.*Servable not found"):
+            rest_client.embed_files(query_files[:1], server=url, model_name="other")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_corrupted_image_in_a_serving_request_names_the_decode_failure(serving_signature, query_files):
+    good = query_files[0].read_bytes()
+    for bad in (b"this is not an image", good[: len(good) // 2]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="DecodeImage|image"):
+            serving_signature(images=tf.constant([good, bad]))
+
+
+def test_grpc_request_carries_a_string_tensor(serving_signature, truth, query_files):
+    pytest.importorskip("tensorflow_serving.apis", reason="tensorflow-serving-api not installed")
+    from tensorflow_serving.apis import predict_pb2
+
+    images = [p.read_bytes() for p in query_files]
+    request = grpc_client.build_predict_request(images, model_name="mgn", version=1)
+    request = predict_pb2.PredictRequest.FromString(request.SerializeToString())
+    assert (request.model_spec.name, request.model_spec.signature_name) == ("mgn", "serving_default")
+    assert request.model_spec.version.value == 1
+    tensor = request.inputs["images"]
+    assert tensor.dtype == tf.string.as_datatype_enum and [d.size for d in tensor.tensor_shape.dim] == [6]
+    outputs = serving_signature(images=tf.constant(tf.make_ndarray(tensor)))["embedding"].numpy()
+    assert_close(outputs, truth(load_images(query_files, INPUT_SIZE), flip_norm=True))
+    response = predict_pb2.PredictResponse()
+    response.outputs["embedding"].CopyFrom(tf.make_tensor_proto(outputs))
+    np.testing.assert_array_equal(grpc_client.parse_predict_response(response), outputs)
+
+
+def test_models_config_parses_as_tf_serving_config():
+    config_pb2 = pytest.importorskip("tensorflow_serving.config.model_server_config_pb2")
+    from google.protobuf import text_format
+
+    text = (REPO / "export" / "serving" / "models.config").read_text()
+    config = text_format.Parse(text, config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path, model.model_platform) == ("mgn", "/models/mgn", "tensorflow")
+
+
+def test_saved_model_without_baked_flip_norm(tmp_path, truth, query_files):
+    """The default export (no flip/normalisation in the graph); inference applies it on the host."""
+    directory = saved_model.export_saved_model(truth.model, tmp_path, "plain", 3)
+    assert directory == tmp_path / "plain" / "3"
+    embedder = inference.load(tmp_path / "plain", flip_norm=True)
+    assert embedder.flip_norm and not embedder.baked_flip_norm
+    pixels = load_images(query_files, INPUT_SIZE)
+    assert_close(embedder.embed(query_files), truth(pixels, flip_norm=True))
+    plain = embedder.loaded.signatures["embed"](images=tf.constant(pixels))["embedding"].numpy()
+    assert_close(plain, truth(pixels))
+
+
+def test_cli_rejects_unknown_formats_and_variants(tmp_path):
+    from absl import app, flags
+
+    from export import __main__ as cli
+
+    for flag, expected in (("--formats=savedmodel,pytorch", "savedmodel,tflite,onnx"),
+                           ("--tflite_variants=fp32,int4", "fp32,fp16,int8")):  # fmt: skip
+        flags.FLAGS(["export", f"--weights={tmp_path}", f"--out={tmp_path / 'o'}", flag])
+        try:
+            with pytest.raises(app.UsageError, match=expected):
+                cli.main(["export"])
+        finally:
+            flags.FLAGS.unparse_flags()
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------ parity bounds
+
+
+def _embeddings(n: int = 6, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, (n, 64)).astype(np.float32)
+
+
+def test_compare_passes_identical_and_breaks_float32_bound():
+    reference = _embeddings()
+    assert parity.compare("x", "float32", reference, reference.copy()).ok
+    off = reference.copy()
+    off[2, 5] += 2e-4
+    result = parity.compare("x", "float32", reference, off)
+    assert not result.ok and "max abs diff" in result.failures[0]
+    assert parity.compare("x", "int8", reference, off).ok  # cosine bound only
+
+
+def test_compare_breaks_cosine_bound_for_reduced_precision():
+    reference = _embeddings()
+    noisy = reference + np.random.default_rng(1).normal(0, 0.05, reference.shape).astype(np.float32)
+    result = parity.compare("x", "float16", reference, noisy)
+    assert not result.ok and "min cosine" in result.failures[0]
+
+
+def test_compare_flags_nearly_identical_outputs_for_different_inputs():
+    # All embeddings alike (cosine ~0.99 to one another), and an export that outputs their mean for every
+    # image: cosine to Keras still > 0.999, but the images are no longer told apart.
+    base = np.ones((1, 64), np.float32)
+    reference = base + 0.01 * _embeddings()
+    constant = np.repeat(reference.mean(0, keepdims=True), len(reference), axis=0)
+    assert parity.cosine_similarities(constant, reference).min() > 0.999
+    result = parity.compare("x", "int8", reference, constant)
+    assert not result.ok and "identical embeddings" in result.failures[0]
+    degenerate = parity.compare("x", "float32", constant, constant)
+    assert not degenerate.ok and "Keras embeddings" in degenerate.failures[0]
+
+
+def test_compare_flags_non_finite_and_wrong_shape():
+    reference = _embeddings()
+    broken = reference.copy()
+    broken[0, 0] = np.nan
+    assert "non-finite outputs" in parity.compare("x", "float32", reference, broken).failures
+    assert "shape" in parity.compare("x", "float32", reference, reference[:3]).failures[0]
+
+
+def test_parity_batch_generated_is_deterministic_and_lossless():
+    a, b = parity.parity_batch(INPUT_SIZE, count=4), parity.parity_batch(INPUT_SIZE, count=4)
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert a.pixels.shape == (4, *INPUT_SIZE, 3) and parity.min_pairwise_distance(a.pixels.reshape(4, -1)) > 0
+    decoded = np.stack([tf.io.decode_png(data).numpy() for data in a.encoded]).astype(np.float32)
+    np.testing.assert_array_equal(decoded, a.pixels)
+
+
+def test_parity_batch_from_folder_skips_duplicate_files(tmp_path, mini_market_dir):
+    files = sorted((mini_market_dir / "query").glob("*.jpg"))[:3]
+    for i, path in enumerate(files):
+        (tmp_path / f"{i}.jpg").write_bytes(path.read_bytes())
+        (tmp_path / f"{i}_copy.jpg").write_bytes(path.read_bytes())
+    batch = parity.parity_batch(INPUT_SIZE, tmp_path, count=3)
+    assert len(batch.encoded) == 3 and len(set(batch.encoded)) == 3
+    with pytest.raises(ValueError, match="3 distinct images"):
+        parity.parity_batch(INPUT_SIZE, tmp_path, count=4)
+
+
+# ------------------------------------------------------------------------------------ serving clients
+
+
+def test_client_refuses_unreadable_files_before_sending(tmp_path, query_files):
+    good = query_files[0].read_bytes()
+    cases = {
+        "garbage.jpg": b"\x00\x01 not an image",
+        "truncated.jpg": good[: len(good) // 2],
+        "empty.png": b"",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    for name in [*cases, "missing.jpg"]:
+        with pytest.raises(common.UnreadableImageError, match=name):
+            common.read_image_file(tmp_path / name)
+    assert common.read_image_file(query_files[0]) == good
+    # Nothing listens on port 9: an UnreadableImageError (not a connection error) shows nothing was sent.
+    with pytest.raises(common.UnreadableImageError, match="truncated.jpg"):
+        rest_client.embed_files([query_files[0], tmp_path / "truncated.jpg"], server="http://127.0.0.1:9")
+
+
+def test_rest_response_errors_and_urls():
+    with pytest.raises(RuntimeError, match="Servable not found"):
+        rest_client.parse_predict_response({"error": "Servable not found for request: Latest(mgn)"})
+    named = {"predictions": [{"embedding": [1.0, 2.0]}, {"embedding": [3.0, 4.0]}]}
+    np.testing.assert_array_equal(rest_client.parse_predict_response(named), [[1, 2], [3, 4]])
+    assert rest_client.predict_url("localhost:8501", "mgn") == "http://localhost:8501/v1/models/mgn:predict"
+    assert rest_client.predict_url("http://h:1/", "m", 3) == "http://h:1/v1/models/m/versions/3:predict"
+    with pytest.raises(ValueError, match="b64"):
+        rest_client.decode_instances({"instances": ["plain string"]})
+
+
+def test_cosine_ranking():
+    gallery = np.eye(4, dtype=np.float32)
+    query = np.array([[0.1, 0.9, 0.0, 0.2]], np.float32)
+    order, scores = common.cosine_ranking(query, gallery, top_k=2)
+    assert order.tolist() == [[1, 3]] and scores[0, 0] > scores[0, 1]

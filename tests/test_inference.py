@@ -1,0 +1,174 @@
+"""mgn_tf.inference.load(...).embed(...) over every format, against the Keras model on real images.
+
+Uses the session's single export (see test_export.py: one tf2onnx conversion per session), exported with
+flip-averaging and L2 normalisation baked in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import test_export as shared
+
+from mgn_tf import inference
+from mgn_tf.images import ImageReadError, load_images
+
+INPUT_SIZE = shared.INPUT_SIZE
+assert_close = shared.assert_close
+
+ARTEFACTS = {
+    # name: (path under the export dir, format, precision); all exported with flip/normalisation baked in
+    "savedmodel": ("mgn", "savedmodel", "float32"),
+    "tflite_fp32": ("mgn_fp32.tflite", "tflite", "float32"),
+    "tflite_fp16": ("mgn_fp16.tflite", "tflite", "float16"),
+    "tflite_int8": ("mgn_int8.tflite", "tflite", "int8"),
+    "onnx": ("mgn.onnx", "onnx", "float32"),
+}
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, mini_market_dir) -> shared.Exported:
+    return shared.export_once(tmp_path_factory, mini_market_dir)  # the session's one export
+
+
+@pytest.fixture(scope="session")
+def truth(exported) -> shared.KerasTruth:
+    return shared.truth_once(exported)
+
+
+@pytest.fixture(scope="session")
+def query_files(mini_market_dir) -> list[Path]:
+    return shared.query_images(mini_market_dir)
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(exported):
+    return inference.load(exported.out / "mgn.onnx")
+
+
+@pytest.mark.parametrize("name", ARTEFACTS)
+def test_exported_artefact_embeds_like_keras(name, exported, truth, query_files):
+    relative, fmt, precision = ARTEFACTS[name]
+    embedder = inference.load(exported.out / relative)
+    assert (embedder.format, embedder.input_size, embedder.flip_norm) == (fmt, INPUT_SIZE, True)
+    features = embedder.embed(query_files)
+    assert features.shape == (len(query_files), 2048)
+    assert_close(features, truth(load_images(query_files, INPUT_SIZE), flip_norm=True), precision)
+
+
+@pytest.mark.parametrize("source", ["run_dir", "checkpoint"])
+def test_keras_run_embeds_like_keras(source, exported, truth, query_files):
+    path = {
+        "run_dir": exported.run_dir,  # final.weights.h5 + config.json
+        "checkpoint": exported.run_dir / "checkpoints" / "epoch_001.weights.h5",  # config.json in parent
+    }[source]
+    flip_norm = source == "checkpoint"
+    embedder = inference.load(path, flip_norm=flip_norm)
+    assert (embedder.format, embedder.input_size, embedder.flip_norm) == ("keras", INPUT_SIZE, flip_norm)
+    pixels = load_images(query_files, INPUT_SIZE)
+    assert_close(embedder.embed(query_files), truth(pixels, flip_norm=flip_norm))
+
+
+def test_saved_model_paths_resolve_to_the_highest_version(exported, tmp_path):
+    version_dir = exported.out / "mgn" / "1"
+    for path in (exported.out, exported.out / "mgn", version_dir):
+        assert inference.find_saved_model(path) == version_dir
+    for version in ("2", "10"):
+        (tmp_path / "m" / version).mkdir(parents=True)
+        (tmp_path / "m" / version / "saved_model.pb").write_bytes(b"")
+    assert inference.find_saved_model(tmp_path / "m") == tmp_path / "m" / "10"
+
+
+def test_array_input_uint8_and_float_agree(onnx_embedder):
+    images = np.random.default_rng(0).integers(0, 256, (3, *INPUT_SIZE, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(onnx_embedder.embed(images), onnx_embedder.embed(images.astype(np.float64)))
+
+
+def test_batches_and_dynamic_batch_give_the_same_embeddings(exported, query_files):
+    embedder = inference.load(exported.out / "mgn_fp32.tflite")
+    pixels = load_images(query_files, INPUT_SIZE)
+    whole = embedder.embed(pixels, batch_size=32)
+    np.testing.assert_allclose(embedder.embed(pixels, batch_size=4), whole, atol=1e-6)  # batches of 4 then 2
+    np.testing.assert_allclose(embedder.embed(pixels[:1]), whole[:1], atol=1e-6)
+    assert embedder.embed(pixels[:0]).shape == (0, 2048)
+
+
+def test_tflite_fixed_batch_is_padded(tmp_path):
+    """A .tflite with a fixed batch of 4 (no dynamic batch) still embeds any number of images."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((*INPUT_SIZE, 3), batch_size=4)
+    x = keras.layers.Conv2D(8, 3)(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    path = tmp_path / "fixed.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    embedder = inference.load(path)
+    images = np.random.default_rng(1).uniform(0, 255, (6, *INPUT_SIZE, 3)).astype(np.float32)
+    padded = np.concatenate([images, np.zeros((2, *INPUT_SIZE, 3), np.float32)])
+    expected = np.concatenate([model(padded[:4]).numpy(), model(padded[4:]).numpy()])[:6]
+    np.testing.assert_allclose(embedder.embed(images), expected, rtol=1e-5, atol=1e-4)
+    assert not embedder.flip_norm  # no export info beside it
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((*INPUT_SIZE, 3), np.uint8), r"rank 3.*images\[None\]"),
+        (np.zeros((2, 64, 32, 3), np.uint8), r"must be 96x32 .*got 64x32"),
+        (np.zeros((2, 32, 96, 3), np.uint8), r"must be 96x32 .*got 32x96"),
+        (np.zeros((2, *INPUT_SIZE, 4), np.uint8), r"3 \(RGB\) channels, got 4"),
+        (np.zeros((2, *INPUT_SIZE, 1), np.uint8), r"3 \(RGB\) channels, got 1"),
+        (np.full((1, *INPUT_SIZE, 3), "a"), r"numeric .*dtype <U1"),
+        (np.zeros((1, *INPUT_SIZE, 3), bool), r"numeric .*dtype bool"),
+        (np.full((1, *INPUT_SIZE, 3), -100.0), r"raw RGB in 0..255 .*got -100..-100"),
+        (np.full((1, *INPUT_SIZE, 3), np.nan), r"NaN"),
+        ("a.jpg", r"list of image paths, not a single path"),
+        (["a.jpg", np.zeros(3)], r"only file paths"),
+    ],
+)
+def test_wrong_inputs_raise_clear_errors(onnx_embedder, images, message):
+    with pytest.raises(ValueError, match=message):
+        onnx_embedder.embed(images)
+
+
+def test_unreadable_image_file_is_named(onnx_embedder, tmp_path, query_files):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        onnx_embedder.embed([query_files[0], broken])
+    with pytest.raises(ImageReadError, match="missing.jpg"):
+        onnx_embedder.embed([tmp_path / "missing.jpg"])
+    with pytest.raises(ValueError, match="batch_size"):
+        onnx_embedder.embed([query_files[0]], batch_size=0)
+
+
+def test_load_errors(exported, tmp_path):
+    with pytest.raises(ValueError, match="exported for 96x32 images, not 192x64"):
+        inference.load(exported.out / "mgn.onnx", input_size=(192, 64))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inference.load(tmp_path / "nothing")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="unknown model file type"):
+        inference.load(tmp_path / "model.pt")
+    with pytest.raises(FileNotFoundError, match="no SavedModel"):
+        inference.load(tmp_path)
+    lone = tmp_path / "lone" / "final.weights.h5"
+    lone.parent.mkdir()
+    lone.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        inference.load(lone)
+    (lone.parent / "config.json").write_text(json.dumps({"num_classes": 3}))
+    with pytest.raises(ValueError, match="lacks input_height, input_width"):
+        inference.load(lone.parent)
+
+
+def test_formats_are_detected(exported):
+    out: Path = exported.out
+    assert inference.detect_format(exported.run_dir) == "keras"
+    assert inference.detect_format(out / "mgn") == "savedmodel"
+    assert inference.detect_format(out / "mgn_int8.tflite") == "tflite"
+    assert inference.detect_format(out / "mgn.onnx") == "onnx"
