@@ -136,7 +136,7 @@ def test_training_skips_bad_files_and_writes_the_run_directory(dataset, tmp_path
     for path in bad_files:
         assert str(path) in skipped
     scan = json.loads((run / "data_scan.json").read_text())
-    assert any("gray_c1_" in converted[0] for converted in scan["converted"])
+    assert any("gray_c1_" in entry["original"] for entry in scan["converted"])
     config = json.loads((run / "config.json").read_text())
     assert config["num_classes"] == 6 and config["input_height"] == 96 and config["num_train_images"] == 25
     assert (run / "final.weights.h5").is_file()
