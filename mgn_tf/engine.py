@@ -38,6 +38,7 @@ RESUME_KEYS = (
     "p",
     "k",
     "seed",
+    "optimizer",
     "lr",
     "lr_decay_epochs",
     "num_classes",
