@@ -94,3 +94,33 @@ def print_results(
         print(f"{path}:")
         for rank, (i, s) in enumerate(zip(indices, sims, strict=True), 1):
             print(f"  {rank:2d}. {s:.4f}  {gallery_files[i]}")
+
+
+def define_client_flags(default_server: str, server_help: str) -> None:
+    """absl flags shared by the REST and gRPC clients."""
+    from absl import flags
+
+    flags.DEFINE_string("server", default_server, server_help)
+    flags.DEFINE_string("model_name", "mgn", "Served model name.")
+    flags.DEFINE_integer("version", None, "Model version (default: the latest).")
+    flags.DEFINE_string("gallery", None, "Gallery folder: rank it by cosine similarity for each query.")
+    flags.DEFINE_integer("top_k", 5, "Gallery matches to print per query.")
+    flags.DEFINE_integer("batch_size", 32, "Images per request.")
+
+
+def run_client(argv: list[str], embed_files, errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Client entry: embed the query files (and a gallery folder), print embeddings or a ranking."""
+    from absl import app, flags
+
+    files = image_files(argv[1:])
+    if not files:
+        raise app.UsageError("give query image files or folders")
+    f = flags.FLAGS
+    options = dict(server=f.server, model_name=f.model_name, version=f.version, batch_size=f.batch_size)
+    try:
+        query = embed_files(files, **options)
+        gallery_files = image_files([f.gallery]) if f.gallery else []
+        gallery = embed_files(gallery_files, **options) if gallery_files else None
+    except (RuntimeError, UnreadableImageError, *errors) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print_results(files, query, gallery_files, gallery, f.top_k)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from export.serving.common import UnreadableImageError, image_files, print_results, read_image_file
+from export.serving.common import define_client_flags, read_image_file, run_client
 
 SIGNATURE = "serving_default"
 
@@ -89,35 +89,11 @@ def embed_files(
 
 
 def main(argv: list[str]) -> None:
-    from absl import app, flags
-
-    files = image_files(argv[1:])
-    if not files:
-        raise app.UsageError("give query image files or folders")
-    f = flags.FLAGS
-    options = dict(server=f.server, model_name=f.model_name, version=f.version, batch_size=f.batch_size)
-    try:
-        query = embed_files(files, **options)
-        gallery_files = image_files([f.gallery]) if f.gallery else []
-        gallery = embed_files(gallery_files, **options) if gallery_files else None
-    except (RuntimeError, UnreadableImageError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    print_results(files, query, gallery_files, gallery, f.top_k)
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("server", "http://localhost:8501", "TF Serving REST address.")
-    flags.DEFINE_string("model_name", "mgn", "Served model name.")
-    flags.DEFINE_integer("version", None, "Model version (default: the latest).")
-    flags.DEFINE_string("gallery", None, "Gallery folder: rank it by cosine similarity for each query.")
-    flags.DEFINE_integer("top_k", 5, "Gallery matches to print per query.")
-    flags.DEFINE_integer("batch_size", 32, "Images per request.")
+    run_client(argv, embed_files, errors=())
 
 
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
+    define_client_flags("http://localhost:8501", "TF Serving REST address.")
     app.run(main)
