@@ -46,6 +46,10 @@ BRANCH_OUTPUT = "conv5_block3_out"
 STRIDED_CONV5_LAYERS = ("conv5_block1_1_conv", "conv5_block1_0_conv")
 REDUCTION_DIM = 256
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+# Moving-statistics momentum of every BatchNorm: PyTorch's default (its momentum=0.1), which the paper's
+# implementation trained with; Keras's ResNet50 uses 0.99, whose statistics lag far behind the weights
+# in short or from-scratch runs.
+BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="mgn_tf")
@@ -110,8 +114,9 @@ def _copy_layers(
         config["name"] = prefix + layer.name
         if strides_one and layer.name in STRIDED_CONV5_LAYERS:
             config["strides"] = (1, 1)
-        if sync_bn and isinstance(layer, layers.BatchNormalization):
-            config["synchronized"] = True
+        if isinstance(layer, layers.BatchNormalization):
+            config["momentum"] = BN_MOMENTUM
+            config["synchronized"] = sync_bn
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(source, clone_function=clone_layer)
@@ -131,6 +136,7 @@ def _reduction(x, name: str, sync_bn: bool):
     )(x)
     x = layers.BatchNormalization(
         epsilon=1e-5,
+        momentum=BN_MOMENTUM,
         gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
         synchronized=sync_bn,
         name=f"reduce_{name}_bn",

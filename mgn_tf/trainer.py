@@ -37,6 +37,8 @@ class MGNTrainer(keras.Model):
         self.triplet_weight = triplet_weight
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
         self.trackers["id_accuracy"] = keras.metrics.Mean(name="id_accuracy")
+        # Every variable lives in the (built) MGN model; train_step calls it directly, never `self`.
+        self.built = mgn.built
 
     def call(self, images, training=False):
         return self.mgn(images, training=training)

@@ -143,3 +143,20 @@ def test_input_shapes_that_cannot_be_striped_are_rejected(shape):
 def test_missing_weights_file_is_named():
     with pytest.raises(FileNotFoundError, match="no_such.h5"):
         build_mgn(3, (96, 32, 3), backbone_weights="/nonexistent/no_such.h5")
+
+
+def test_every_batchnorm_uses_pytorch_default_momentum(full_model):
+    """The paper trained in PyTorch (BN momentum 0.1 = Keras momentum 0.9), not Keras's ResNet50 0.99."""
+    found = []
+
+    def walk(model):
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                walk(layer)
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                found.append(layer.momentum)
+
+    walk(full_model)
+    # trunk conv1..conv4_block1 (1 + 10 + 13 + 4), 3 branches of conv4_block2..conv5 (15 + 10), 8 reductions
+    assert len(found) == 28 + 3 * 25 + 8
+    assert set(found) == {0.9}

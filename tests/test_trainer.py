@@ -81,7 +81,6 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer_state(batch, tmp_p
     (tmp_path / ".tmp_step_00000009_1").mkdir()  # a half-written checkpoint is never picked
     assert latest_checkpoint(tmp_path) == path
     other = make_trainer(seed=1)
-    other.build((None, 96, 32, 3))
     other.optimizer.build(other.trainable_variables)
     state = restore_checkpoint(other, path)
     assert state == {"epoch": 1, "step_in_epoch": 0, "step": 2}
