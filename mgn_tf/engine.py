@@ -69,18 +69,15 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
     name = config.strategy
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     workers = len(tf_config.get("cluster", {}).get("worker", []))
-    if name == "auto":
-        gpus = tf.config.list_logical_devices("GPU")
-        if workers > 1:
-            name = "multi_worker"
-        elif gpus or config.cpu_replicas > 1:
-            name = "mirrored"
-        else:
-            name = "one_device"
-    if name == "multi_worker":
+    # Listing logical devices initialises TensorFlow, after which collective ops can no longer be
+    # configured: decide on MultiWorkerMirroredStrategy before looking at devices.
+    if name == "multi_worker" or (name == "auto" and workers > 1):
         if workers < 1:
             raise ConfigError("--strategy=multi_worker needs TF_CONFIG with a cluster of workers")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        name = "mirrored" if gpus or config.cpu_replicas > 1 else "one_device"
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
