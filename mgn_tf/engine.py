@@ -205,6 +205,7 @@ def train(config: TrainConfig) -> dict:
             start_epoch=epoch,
             start_step=step,
             flip=config.flip,
+            steps_per_epoch=steps_per_epoch,
         )
         shard = tf.data.Options()
         shard.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

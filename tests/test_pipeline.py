@@ -112,3 +112,33 @@ def test_a_corrupt_file_at_train_time_drops_its_batch_without_crashing(tiny_imag
     batches = list(train_dataset(paths, labels, (12, 8), p=4, k=2, seed=0, epochs=2, spare_batches=2))
     expected = 2 * batches_per_epoch(labels, 4, 2) + 2
     assert 0 < len(batches) < expected  # the batches holding the bad file are skipped, the rest arrive
+
+
+def test_steps_per_epoch_shorter_or_longer_than_a_pass_resumes_exactly(tiny_images):
+    paths, labels = tiny_images
+    for steps in (2, 9):
+        full = list(
+            train_dataset(
+                paths, labels, (12, 8), p=4, k=2, seed=5, epochs=2, spare_batches=0, steps_per_epoch=steps
+            )
+        )
+        assert len(full) == 2 * steps
+        resumed = list(
+            train_dataset(
+                paths,
+                labels,
+                (12, 8),
+                p=4,
+                k=2,
+                seed=5,
+                epochs=2,
+                start_epoch=1,
+                start_step=1,
+                spare_batches=0,
+                steps_per_epoch=steps,
+            )
+        )
+        assert len(resumed) == steps - 1
+        for (a, la), (b, lb) in zip(full[steps + 1 :], resumed, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            np.testing.assert_array_equal(la.numpy(), lb.numpy())

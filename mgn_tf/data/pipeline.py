@@ -86,6 +86,18 @@ def pk_epoch_order(pids: Sequence[int] | np.ndarray, p: int, k: int, seed: int, 
     return order
 
 
+def epoch_batches(
+    labels: np.ndarray, p: int, k: int, seed: int, epoch: int, steps: int | None = None
+) -> np.ndarray:
+    """The batches of one epoch: `pk_epoch_order`, cut to (or extended by further draws to) `steps`."""
+    order = pk_epoch_order(labels, p, k, seed, epoch)
+    draw = 1
+    while steps is not None and len(order) < steps:
+        order = np.concatenate([order, pk_epoch_order(labels, p, k, seed + 7919 * draw, epoch)])
+        draw += 1
+    return order if steps is None else order[:steps]
+
+
 def train_dataset(
     paths: Sequence[str],
     labels: Sequence[int],
@@ -98,23 +110,26 @@ def train_dataset(
     start_step: int = 0,
     flip: bool = True,
     spare_batches: int = 4,
+    steps_per_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of (images float32 [P*K, H, W, 3] RGB 0..255, labels int32 [P*K]) for epochs [start, epochs).
 
-    Starts at batch `start_step` of `start_epoch` (resume). Under a tf.distribute strategy with R
-    replicas the global batch is split contiguously, so P must be a multiple of R for every replica to
-    get whole K-groups. A file that fails to decode drops its whole batch with a logged warning (the
-    pre-training scan should have caught it); `spare_batches` extra batches at the end keep the step
-    count intact when that happens.
+    Starts at batch `start_step` of `start_epoch` (resume). An epoch is `steps_per_epoch` batches
+    (default: one pass over the training set), so positions agree with the trainer's step count.
+    Under a tf.distribute strategy with R replicas the global batch is split contiguously, so P must be
+    a multiple of R for every replica to get whole K-groups. A file that fails to decode drops its whole
+    batch with a logged warning (the pre-training scan should have caught it); `spare_batches` extra
+    batches at the end keep the step count intact when that happens.
     """
     if len(paths) != len(labels):
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
     labels = np.asarray(labels, np.int32)
-    orders = [pk_epoch_order(labels, p, k, seed, e) for e in range(start_epoch, epochs)]
+    steps = steps_per_epoch or batches_per_epoch(labels, p, k)
+    orders = [epoch_batches(labels, p, k, seed, e, steps) for e in range(start_epoch, epochs)]
     if spare_batches:
-        orders.append(pk_epoch_order(labels, p, k, seed, epochs)[:spare_batches])
+        orders.append(epoch_batches(labels, p, k, seed, epochs, steps)[:spare_batches])
     order = np.concatenate(orders)[start_step:] if orders else np.empty((0, p * k), np.int64)
-    steps_before = start_epoch * batches_per_epoch(labels, p, k) + start_step
+    steps_before = start_epoch * steps + start_step
     positions = steps_before + np.arange(len(order), dtype=np.int64)
 
     path_table = tf.constant(np.asarray(paths, dtype=object).astype(str))
