@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from mgn_tf.features import extract_features, l2_normalize
 from mgn_tf.images import ImageReadError, load_image
-from mgn_tf.metrics import FeatureDistance, Metric, RankingAccumulator
+from mgn_tf.metrics import FeatureDistance, Metric, RankingAccumulator, distance_chunks
 
 if TYPE_CHECKING:
     import keras
@@ -249,9 +249,7 @@ def rank_gallery(
     acc = RankingAccumulator(q_pids, g_pids, q_camids, g_camids)
     tops = TopRanks(show_queries, q_pids, g_pids, q_camids, g_camids, top)
     if rerank is None:
-        dist = FeatureDistance(qf, gf, distance, normalize)
-        chunks = ((slice(a, min(a + chunk_size, len(qf))), None) for a in range(0, len(qf), chunk_size))
-        chunks = ((rows, dist(rows)) for rows, _ in chunks)
+        chunks = distance_chunks(FeatureDistance(qf, gf, distance, normalize), len(qf), chunk_size)
     else:
         rq, rg = rerank_features(qf, gf, distance, normalize)
         chunks = iter_re_ranking_features(

@@ -233,7 +233,8 @@ class RankingAccumulator:
         }
 
 
-def _iter_chunks(distmat: np.ndarray | DistanceRows, num_q: int, chunk_size: int):
+def distance_chunks(distmat: np.ndarray | DistanceRows, num_q: int, chunk_size: int):
+    """Yield ``(query_rows, distances[query_rows])`` in chunks of ``chunk_size`` queries."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     for a in range(0, num_q, chunk_size):
@@ -247,7 +248,7 @@ def _accumulate(distmat, q_pids, g_pids, q_camids, g_camids, chunk_size) -> Rank
         distmat = np.asarray(distmat)
         if distmat.shape != (acc.num_q, acc.num_g):
             raise ValueError(f"distmat shape {distmat.shape} != {(acc.num_q, acc.num_g)}")
-    for rows, chunk in _iter_chunks(distmat, acc.num_q, chunk_size):
+    for rows, chunk in distance_chunks(distmat, acc.num_q, chunk_size):
         acc.update(rows, chunk)
     return acc
 
