@@ -43,9 +43,12 @@ def test_all_expected_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_parses_and_validates(path, tmp_path):
+def test_config_parses_and_validates(path, tmp_path, cuhk01_dir):
     config = parse(path)
-    if config.dataset not in ("synthetic", "cuhk01"):
+    if config.dataset == "cuhk01":
+        assert config.data_dir == "../shared/data/cuhk01"
+        config.data_dir = str(cuhk01_dir)  # the same folder, wherever MGN_SHARED_DIR puts it
+    elif config.dataset != "synthetic":
         config.data_dir = str(tmp_path)  # the real dataset is not on this machine
     if config.backbone_weights == "imagenet":
         assert path.stem not in ("synthetic", "cuhk01")
