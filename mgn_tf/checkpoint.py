@@ -98,6 +98,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         if step == self.last_saved:
             return
         state = {"epoch": step // self.steps_per_epoch, "step_in_epoch": step % self.steps_per_epoch}
+        if hasattr(self.model, "sync_moving_statistics"):  # every replica and worker saves the same model
+            self.model.sync_moving_statistics()
         save_checkpoint(self.model, self.checkpoint_dir, step, state, self.keep)
         self.last_saved = step
 

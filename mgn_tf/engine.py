@@ -220,6 +220,7 @@ def train(config: TrainConfig) -> dict:
             steps_per_epoch=steps_per_epoch - start_step,
             callbacks=callbacks,
             verbose=config.verbose,
+            shuffle=False,  # the PK pipeline orders the data itself
         )
         start_epoch += 1
     if start_epoch < config.epochs:
@@ -230,9 +231,11 @@ def train(config: TrainConfig) -> dict:
             steps_per_epoch=steps_per_epoch,
             callbacks=callbacks,
             verbose=config.verbose,
+            shuffle=False,  # the PK pipeline orders the data itself
         )
     train_seconds = time.time() - started
 
+    trainer.sync_moving_statistics()
     final = run_dir / "final.weights.h5"
     tmp = run_dir / "final.tmp.weights.h5"
     mgn.save_weights(tmp)

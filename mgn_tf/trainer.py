@@ -7,6 +7,11 @@ and the batch loss is its mean over the GLOBAL batch: per-replica sums are scale
 size (`tf.nn.compute_average_loss`), so the gradients all-reduced by the optimizer equal one device's.
 Under a strategy the triplet features and labels are all-gathered, so each anchor mines its hardest
 positive and negative in the whole global batch, as a single device (or the paper's DataParallel) does.
+
+MultiWorkerMirroredStrategy: Keras 3.15's `fit` fails there in two places (keras-team/keras#20585): its
+eager "symbolic build" reduces a distributed batch, which the collective strategy cannot do eagerly, and
+it reduces each replica's scalar logs with `axis=0`. `MGNTrainer` builds everything before `fit` (so it
+skips that build) and returns its logs as [1]-vectors under that strategy (so the reduction is a mean).
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ class MGNTrainer(keras.Model):
         self.trackers["id_accuracy"] = keras.metrics.Mean(name="id_accuracy")
         # Every variable lives in the (built) MGN model; train_step calls it directly, never `self`.
         self.built = mgn.built
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Nothing to build here (model and optimizer are built before fit), and Keras's own build step
+        # breaks under MultiWorkerMirroredStrategy (see the module docstring).
+        if not _multi_worker(self.distribute_strategy):
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def call(self, images, training=False):
         return self.mgn(images, training=training)
@@ -86,13 +97,47 @@ class MGNTrainer(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
+        return self._update_trackers(terms)
+
+    def _update_trackers(self, terms: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, values in terms.items():
             self.trackers[name].update_state(tf.reduce_mean(values))
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if _multi_worker(self.distribute_strategy):  # Keras reduces them with axis=0 there
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def sync_moving_statistics(self) -> None:
+        """Sets every replica's BatchNorm moving mean / variance to their mean over all replicas (all
+        workers included). Keras keeps these statistics per replica (each sees its own part of the batch),
+        so without this the workers of MultiWorkerMirroredStrategy would save different models. Training
+        mode never reads them, so calling this at checkpoints leaves the training trajectory unchanged."""
+        sync_moving_statistics(self.mgn, self.distribute_strategy)
 
     def test_step(self, data):
         images, labels = data
-        terms = self.compute_losses(images, labels, training=False)
-        for name, values in terms.items():
-            self.trackers[name].update_state(tf.reduce_mean(values))
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self._update_trackers(self.compute_losses(images, labels, training=False))
+
+
+def sync_moving_statistics(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """`MGNTrainer.sync_moving_statistics` for any model built under `strategy`."""
+    if strategy.num_replicas_in_sync == 1:
+        return
+    statistics = [v.value for v in model.non_trainable_variables if "moving_" in v.path]
+    if not statistics:
+        return
+
+    def average_replicas():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in statistics])
+        for variable, mean in zip(statistics, means, strict=True):
+            variable.assign(mean)  # aggregation NONE: each replica writes its own copy
+
+    tf.function(lambda: strategy.run(average_replicas))()
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True under MultiWorkerMirroredStrategy with more than one worker."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._in_multi_worker_mode()
+    )

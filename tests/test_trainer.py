@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,23 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer_state(batch, tmp_p
     for step in (3, 4, 5):
         save_checkpoint(trainer, tmp_path, step=step, state={})
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000004", "step_00000005"]
+
+
+def test_sync_moving_statistics_sets_every_replica_to_the_mean():
+    """Per-replica BatchNorm moving statistics (2 logical CPUs) become their mean on every replica."""
+    script = Path(__file__).parent / "helpers" / "bn_sync.py"
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    before, after = np.array(out["before"]), np.array(out["after"])  # [replica, mean|variance, channel]
+    assert not np.allclose(before[0], before[1]), "the replicas must start with different statistics"
+    expected = before.mean(axis=0)
+    for replica in after:
+        np.testing.assert_allclose(replica, expected, rtol=1e-6)
