@@ -16,6 +16,8 @@ skips that build) and returns its logs as [1]-vectors under that strategy (so th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import tensorflow as tf
 
@@ -112,7 +114,9 @@ class MGNTrainer(keras.Model):
         workers included). Keras keeps these statistics per replica (each sees its own part of the batch),
         so without this the workers of MultiWorkerMirroredStrategy would save different models. Training
         mode never reads them, so calling this at checkpoints leaves the training trajectory unchanged."""
-        sync_moving_statistics(self.mgn, self.distribute_strategy)
+        if getattr(self, "_sync_statistics", None) is None:  # one traced function per trainer
+            self._sync_statistics = moving_statistics_sync(self.mgn, self.distribute_strategy)
+        self._sync_statistics()
 
     def test_step(self, data):
         images, labels = data
@@ -121,11 +125,14 @@ class MGNTrainer(keras.Model):
 
 def sync_moving_statistics(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
     """`MGNTrainer.sync_moving_statistics` for any model built under `strategy`."""
-    if strategy.num_replicas_in_sync == 1:
-        return
+    moving_statistics_sync(model, strategy)()
+
+
+def moving_statistics_sync(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable[[], None]:
+    """A function that averages `model`'s BatchNorm moving statistics over all replicas (a no-op on one)."""
     statistics = [v.value for v in model.non_trainable_variables if "moving_" in v.path]
-    if not statistics:
-        return
+    if strategy.num_replicas_in_sync == 1 or not statistics:
+        return lambda: None
 
     def average_replicas():
         context = tf.distribute.get_replica_context()
@@ -133,7 +140,7 @@ def sync_moving_statistics(model: keras.Model, strategy: tf.distribute.Strategy)
         for variable, mean in zip(statistics, means, strict=True):
             variable.assign(mean)  # aggregation NONE: each replica writes its own copy
 
-    tf.function(lambda: strategy.run(average_replicas))()
+    return tf.function(lambda: strategy.run(average_replicas))
 
 
 def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
