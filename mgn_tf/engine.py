@@ -211,6 +211,8 @@ def train(config: TrainConfig) -> dict:
         shard.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return dataset.with_options(shard)
 
+    # shuffle=False: the PK pipeline orders the data itself.
+    fit_options = dict(callbacks=callbacks, verbose=config.verbose, shuffle=False)
     started = time.time()
     if start_step:  # finish the interrupted epoch first
         trainer.fit(
@@ -218,9 +220,7 @@ def train(config: TrainConfig) -> dict:
             initial_epoch=start_epoch,
             epochs=start_epoch + 1,
             steps_per_epoch=steps_per_epoch - start_step,
-            callbacks=callbacks,
-            verbose=config.verbose,
-            shuffle=False,  # the PK pipeline orders the data itself
+            **fit_options,
         )
         start_epoch += 1
     if start_epoch < config.epochs:
@@ -229,9 +229,7 @@ def train(config: TrainConfig) -> dict:
             initial_epoch=start_epoch,
             epochs=config.epochs,
             steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            verbose=config.verbose,
-            shuffle=False,  # the PK pipeline orders the data itself
+            **fit_options,
         )
     train_seconds = time.time() - started
 

@@ -46,6 +46,7 @@ class MGNTrainer(keras.Model):
         self.trackers["id_accuracy"] = keras.metrics.Mean(name="id_accuracy")
         # Every variable lives in the (built) MGN model; train_step calls it directly, never `self`.
         self.built = mgn.built
+        self._sync_statistics = None  # traced once, on the first sync_moving_statistics()
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Nothing to build here (model and optimizer are built before fit), and Keras's own build step
@@ -114,18 +115,13 @@ class MGNTrainer(keras.Model):
         workers included). Keras keeps these statistics per replica (each sees its own part of the batch),
         so without this the workers of MultiWorkerMirroredStrategy would save different models. Training
         mode never reads them, so calling this at checkpoints leaves the training trajectory unchanged."""
-        if getattr(self, "_sync_statistics", None) is None:  # one traced function per trainer
+        if self._sync_statistics is None:
             self._sync_statistics = moving_statistics_sync(self.mgn, self.distribute_strategy)
         self._sync_statistics()
 
     def test_step(self, data):
         images, labels = data
         return self._update_trackers(self.compute_losses(images, labels, training=False))
-
-
-def sync_moving_statistics(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
-    """`MGNTrainer.sync_moving_statistics` for any model built under `strategy`."""
-    moving_statistics_sync(model, strategy)()
 
 
 def moving_statistics_sync(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable[[], None]:

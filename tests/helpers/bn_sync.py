@@ -1,5 +1,5 @@
 """Run in a fresh process (logical devices must be configured before TensorFlow starts): BatchNorm moving
-statistics of a 2-replica MirroredStrategy before and after `mgn_tf.trainer.sync_moving_statistics`.
+statistics of a 2-replica MirroredStrategy before and after `mgn_tf.trainer.moving_statistics_sync`.
 
 Prints a JSON line {"before": [per replica [mean, variance]], "after": [...]}.
 """
@@ -15,7 +15,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import keras  # noqa: E402
 
-from mgn_tf.trainer import sync_moving_statistics  # noqa: E402
+from mgn_tf.trainer import moving_statistics_sync  # noqa: E402
 
 
 def per_replica(strategy: tf.distribute.Strategy, layer: keras.layers.BatchNormalization) -> list:
@@ -41,5 +41,5 @@ batches = strategy.experimental_distribute_values_from_function(
 )
 tf.function(lambda x: strategy.run(lambda b: model(b, training=True), args=(x,)))(batches)
 before = per_replica(strategy, norm)
-sync_moving_statistics(model, strategy)
+moving_statistics_sync(model, strategy)()
 print(json.dumps({"before": before, "after": per_replica(strategy, norm)}))
