@@ -31,6 +31,7 @@ class TrainConfig:
     input_height: int = 384
     input_width: int = 128
     backbone_weights: str = "imagenet"
+    zero_init_residual: bool = False
     p: int = 16
     k: int = 4
     epochs: int = 80
@@ -106,6 +107,11 @@ class TrainConfig:
                 "backbone_weights",
                 "no such file (accepted: imagenet, none, or the path of a ResNet50 no-top .h5 weights file)",
             )
+        need(
+            not self.zero_init_residual or self.backbone_weights in ("none", ""),
+            "zero_init_residual",
+            "only with --backbone_weights=none (it would overwrite the pretrained residual blocks)",
+        )
         if self.dataset != "synthetic":
             need(Path(self.data_dir).is_dir(), "data_dir", f"no such folder for dataset {self.dataset!r}")
 

@@ -167,7 +167,13 @@ def train(config: TrainConfig) -> dict:
 
     with strategy.scope():
         weights = None if config.backbone_weights in ("none", "") else config.backbone_weights
-        mgn = build_mgn(num_classes, config.input_shape, backbone_weights=weights, sync_bn=config.sync_bn)
+        mgn = build_mgn(
+            num_classes,
+            config.input_shape,
+            backbone_weights=weights,
+            sync_bn=config.sync_bn,
+            zero_init_residual=config.zero_init_residual,
+        )
         trainer = MGNTrainer(mgn, config.margin, config.softmax_weight, config.triplet_weight)
         schedule = step_decay_schedule(
             config.lr, steps_per_epoch, config.lr_decay_epochs, config.lr_decay_factor

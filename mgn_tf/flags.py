@@ -30,6 +30,11 @@ def define_train_flags() -> None:
         _D.backbone_weights,
         "ResNet50 initialisation: imagenet, none, or a path to an .h5 file.",
     )
+    flags.DEFINE_bool(
+        "zero_init_residual",
+        _D.zero_init_residual,
+        "From scratch only: start every residual block as the identity (last BatchNorm scale 0).",
+    )
     flags.DEFINE_integer("p", _D.p, "Identities per batch (P of the PK batch).")
     flags.DEFINE_integer("k", _D.k, "Images per identity (K of the PK batch).")
     flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.")

@@ -160,3 +160,32 @@ def test_every_batchnorm_uses_pytorch_default_momentum(full_model):
     # trunk conv1..conv4_block1 (1 + 10 + 13 + 4), 3 branches of conv4_block2..conv5 (15 + 10), 8 reductions
     assert len(found) == 28 + 3 * 25 + 8
     assert set(found) == {0.9}
+
+
+def test_zero_init_residual_starts_every_identity_block_as_the_identity():
+    """From scratch, zero_init_residual zeroes the 16 residual-closing BN scales (8 in the trunk, 8 per
+    branch), so each block without a projection shortcut passes its (non-negative) input through exactly."""
+    shape = (96, 32, 3)
+    model = build_mgn(4, shape, zero_init_residual=True)
+    trunk = model.get_layer("backbone_trunk")
+    images = np.random.default_rng(2).uniform(0, 255, (2, *shape)).astype(np.float32)
+    shared = trunk(model.get_layer("caffe_preprocess")(images), training=False)
+    for branch, _, _ in BRANCHES:
+        sub = model.get_layer(f"{branch}_branch")
+        zeroed = [layer.name for layer in sub.layers if layer.name.endswith("_3_bn")]
+        assert len(zeroed) == 8 and all(not sub.get_layer(n).gamma.numpy().any() for n in zeroed)
+        names = [f"{branch}_conv4_block6_out", f"{branch}_conv5_block1_out", f"{branch}_conv5_block3_out"]
+        outputs = keras.Model(sub.input, [sub.get_layer(n).output for n in names])(shared, training=False)
+        conv4_out, conv5_block1, conv5_out = (o.numpy() for o in outputs)
+        np.testing.assert_array_equal(conv4_out, shared.numpy())  # conv4_block2..6 are identities
+        np.testing.assert_array_equal(conv5_out, conv5_block1)  # conv5_block2..3 are identities
+        assert conv5_block1.any()  # the projection block is not
+    trunk_zeroed = [layer for layer in trunk.layers if layer.name.endswith("_3_bn")]
+    assert len(trunk_zeroed) == 8 and not any(layer.gamma.numpy().any() for layer in trunk_zeroed)
+    default = build_mgn(4, shape).get_layer("global_branch").get_layer("global_conv5_block3_3_bn")
+    assert default.gamma.numpy().all()
+
+
+def test_zero_init_residual_refuses_pretrained_weights():
+    with pytest.raises(ValueError, match="zero_init_residual"):
+        build_mgn(3, (96, 32, 3), backbone_weights="imagenet", zero_init_residual=True)

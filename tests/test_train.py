@@ -87,6 +87,7 @@ def dataset(tmp_path_factory) -> Path:
         ({"lr": 0.0}, "--lr"),
         ({"dataset": "market1501", "data_dir": "/nonexistent/market"}, "--data_dir"),
         ({"backbone_weights": "/nonexistent/resnet.h5"}, "--backbone_weights"),
+        ({"zero_init_residual": True}, "--zero_init_residual"),  # with the default imagenet weights
     ],
 )
 def test_invalid_config_names_the_flag(changes, flag):
