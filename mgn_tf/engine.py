@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -46,6 +47,13 @@ RESUME_KEYS = (
 # (--epochs may grow on resume: the order of every epoch depends only on --seed and its index.)
 
 
+# oneDNN's CPU kernels are not bit-reproducible in the first training step of a process, even single-
+# threaded (measured: resuming one step before the end of a run differed from the uninterrupted run by
+# 1 ulp in 2 of 2 tries with oneDNN, 0 of 2 without). TensorFlow reads this variable when it is imported,
+# so `python -m mgn_tf.train --deterministic` restarts itself with it set to "0".
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
 def configure_runtime(config: TrainConfig) -> None:
     """Process-wide settings; call before TensorFlow creates its devices (i.e. first). Runs no TF op, so
     that MultiWorkerMirroredStrategy can still configure collective ops afterwards."""
@@ -55,6 +63,12 @@ def configure_runtime(config: TrainConfig) -> None:
             cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_replicas
         )
     if config.deterministic:
+        if os.environ.get(ONEDNN_ENV) != "0":
+            warnings.warn(
+                f"--deterministic with oneDNN kernels on: set {ONEDNN_ENV}=0 before TensorFlow is imported "
+                "for bit-exact resume (python -m mgn_tf.train does so itself)",
+                stacklevel=2,
+            )
         # Op determinism alone is not enough on CPU: multi-threaded reductions in the oneDNN / Eigen
         # kernels still change the summation order between runs (measured: 1e-6 after 6 steps).
         tf.config.experimental.enable_op_determinism()

@@ -33,6 +33,12 @@ def main(argv: list[str]) -> int:
     from mgn_tf.data.datasets import DatasetLayoutError
     from mgn_tf.data.scan import BadDataError
 
+    if config.deterministic and os.environ.get(engine.ONEDNN_ENV) != "0":
+        # TensorFlow (imported above with the flags) has oneDNN on; only a fresh process can turn it off.
+        print(f"--deterministic: restarting with {engine.ONEDNN_ENV}=0 (oneDNN kernels off)", flush=True)
+        sys.stderr.flush()
+        argv = [sys.executable, "-m", "mgn_tf.train", *sys.argv[1:]]
+        os.execve(sys.executable, argv, {**os.environ, engine.ONEDNN_ENV: "0"})
     engine.configure_runtime(config)
     try:
         engine.train(config)
