@@ -48,8 +48,8 @@ RESUME_KEYS = (
 
 
 # oneDNN's CPU kernels are not bit-reproducible in the first training step of a process, even single-
-# threaded (measured: resuming one step before the end of a run differed from the uninterrupted run by
-# 1 ulp in 2 of 2 tries with oneDNN, 0 of 2 without). TensorFlow reads this variable when it is imported,
+# threaded (measured: resuming one step before the end of a run differed from the uninterrupted run at
+# the ulp level in 2 of 2 tries with oneDNN, 0 of 2 without). TensorFlow reads this variable on import,
 # so `python -m mgn_tf.train --deterministic` restarts itself with it set to "0".
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 

@@ -63,7 +63,9 @@ def define_train_flags() -> None:
     flags.DEFINE_bool("flip", _D.flip, "Random horizontal flip augmentation.")
     flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, batch order and augmentation.")
     flags.DEFINE_bool(
-        "deterministic", _D.deterministic, "Enable TF op determinism (bit-exact repeat and resume)."
+        "deterministic",
+        _D.deterministic,
+        "Bit-exact repeat and resume: TF op determinism, one CPU thread, oneDNN off (restarts the process).",
     )
     flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES, "tf.distribute strategy (auto: see README).")
     flags.DEFINE_integer(
