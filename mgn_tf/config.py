@@ -64,6 +64,11 @@ class TrainConfig:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.input_height, self.input_width, 3)
 
+    @property
+    def backbone(self) -> str | None:
+        """`build_mgn`'s backbone_weights: None for --backbone_weights=none (training from scratch)."""
+        return None if self.backbone_weights in ("none", "") else self.backbone_weights
+
     def validate(self) -> None:
         """Raises ConfigError naming the first invalid flag."""
 
@@ -101,14 +106,14 @@ class TrainConfig:
             raise ConfigError(
                 f"--input_height={self.input_height} --input_width={self.input_width}: {exc}"
             ) from exc
-        if self.backbone_weights not in ("imagenet", "none", ""):
+        if self.backbone not in (None, "imagenet"):
             need(
                 Path(self.backbone_weights).is_file(),
                 "backbone_weights",
                 "no such file (accepted: imagenet, none, or the path of a ResNet50 no-top .h5 weights file)",
             )
         need(
-            not self.zero_init_residual or self.backbone_weights in ("none", ""),
+            not self.zero_init_residual or self.backbone is None,
             "zero_init_residual",
             "only with --backbone_weights=none (it would overwrite the pretrained residual blocks)",
         )

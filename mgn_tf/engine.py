@@ -54,6 +54,11 @@ RESUME_KEYS = (
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 
 
+def onednn_off() -> bool:
+    """Whether this process started TensorFlow with oneDNN kernels off."""
+    return os.environ.get(ONEDNN_ENV) == "0"
+
+
 def configure_runtime(config: TrainConfig) -> None:
     """Process-wide settings; call before TensorFlow creates its devices (i.e. first). Runs no TF op, so
     that MultiWorkerMirroredStrategy can still configure collective ops afterwards."""
@@ -63,7 +68,7 @@ def configure_runtime(config: TrainConfig) -> None:
             cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_replicas
         )
     if config.deterministic:
-        if os.environ.get(ONEDNN_ENV) != "0":
+        if not onednn_off():
             warnings.warn(
                 f"--deterministic with oneDNN kernels on: set {ONEDNN_ENV}=0 before TensorFlow is imported "
                 "for bit-exact resume (python -m mgn_tf.train does so itself)",
@@ -180,11 +185,10 @@ def train(config: TrainConfig) -> dict:
     _write_json_atomic(run_dir / "config.json", record)
 
     with strategy.scope():
-        weights = None if config.backbone_weights in ("none", "") else config.backbone_weights
         mgn = build_mgn(
             num_classes,
             config.input_shape,
-            backbone_weights=weights,
+            backbone_weights=config.backbone,
             sync_bn=config.sync_bn,
             zero_init_residual=config.zero_init_residual,
         )

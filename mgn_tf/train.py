@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     from mgn_tf.data.datasets import DatasetLayoutError
     from mgn_tf.data.scan import BadDataError
 
-    if config.deterministic and os.environ.get(engine.ONEDNN_ENV) != "0":
+    if config.deterministic and not engine.onednn_off():
         # TensorFlow (imported above with the flags) has oneDNN on; only a fresh process can turn it off.
         print(f"--deterministic: restarting with {engine.ONEDNN_ENV}=0 (oneDNN kernels off)", flush=True)
         sys.stderr.flush()
