@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -83,7 +85,7 @@ def test_branches_share_no_variable_and_start_equal(full_model):
         np.testing.assert_array_equal(a, c)
 
 
-def test_branches_are_copies_of_the_backbone_and_global_reproduces_conv5():
+def test_branches_are_copies_of_the_backbone_and_global_reproduces_conv5(tmp_path):
     """With a weights file, trunk + Global branch must reproduce ResNet50's conv5 output exactly."""
     shape = (96, 32, 3)
     resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape)
@@ -100,7 +102,7 @@ def test_branches_are_copies_of_the_backbone_and_global_reproduces_conv5():
                     rng.uniform(0.5, 2.0, var.shape),
                 ]
             )
-    weights_file = _tmp_weights(resnet)
+    weights_file = _tmp_weights(resnet, tmp_path)
     model = build_mgn(10, shape, backbone_weights=weights_file)
     images = rng.uniform(0, 255, (2, *shape)).astype(np.float32)
     bgr = images[..., ::-1] - np.array(CAFFE_BGR_MEAN, np.float32)
@@ -116,10 +118,8 @@ def test_branches_are_copies_of_the_backbone_and_global_reproduces_conv5():
                 np.testing.assert_array_equal(s, c)
 
 
-def _tmp_weights(model: keras.Model) -> str:
-    import tempfile
-
-    path = tempfile.mkdtemp() + "/resnet50_notop.weights.h5"
+def _tmp_weights(model: keras.Model, folder: Path) -> str:
+    path = str(folder / "resnet50_notop.weights.h5")
     model.save_weights(path)
     return path
 
