@@ -38,3 +38,38 @@ def reid_vectors(shared_dir: Path):
     import numpy as np
 
     return np.load(shared_dir / "testdata" / "reid_eval_vectors.npz")
+
+
+# --- scheduling on two cores (pytest-xdist: `-n 2`, with `--dist loadgroup` from pyproject.toml) -------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "own_worker_unit(minutes): a slow test that a worker runs on its own, longest first; `minutes` is "
+        "its rough duration on 2 cores, used only to order the run",
+    )
+
+
+def _minutes(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("own_worker_unit")
+    return float(mark.kwargs.get("minutes", 1)) if mark else 0.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Gives every test an `xdist_group`, the unit a worker takes: its module (so module- and
+    session-scoped fixtures are built once per run), the group its module names (test_export.py and
+    test_inference.py share one export), or itself for `own_worker_unit` tests. Order: own units longest
+    first, then named groups, then the rest, so neither worker is left alone with a long test at the end.
+    Without xdist the marks change nothing and only the order differs."""
+    named = set()
+    for item in items:
+        if item.get_closest_marker("own_worker_unit"):
+            group = item.nodeid
+        elif (mark := item.get_closest_marker("xdist_group")) is not None:
+            group = mark.kwargs.get("name") or mark.args[0]
+            named.add(item.nodeid)
+        else:
+            group = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(name=group))
+    items.sort(key=lambda item: (-_minutes(item), item.nodeid not in named))  # stable: file order kept

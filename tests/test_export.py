@@ -29,6 +29,9 @@ from mgn_tf import inference
 from mgn_tf.images import load_images
 from mgn_tf.model import build_mgn, embedding_model
 
+# One worker runs this module and the other one of the pair (test_export.py, test_inference.py): one export.
+pytestmark = pytest.mark.xdist_group("export")
+
 INPUT_SIZE = (96, 32)
 NUM_CLASSES = 4
 EMBEDDING_DIM = 2048

@@ -18,6 +18,9 @@ import test_export as shared
 from mgn_tf import inference
 from mgn_tf.images import ImageReadError, load_images
 
+# One worker runs this module and the other one of the pair (test_export.py, test_inference.py): one export.
+pytestmark = pytest.mark.xdist_group("export")
+
 INPUT_SIZE = shared.INPUT_SIZE
 assert_close = shared.assert_close
 

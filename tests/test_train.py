@@ -113,6 +113,7 @@ def test_cli_rejects_bad_flags_before_work(tmp_path):
 # --- a full small run, with bad files in the data ------------------------------------------------------
 
 
+@pytest.mark.own_worker_unit(minutes=2)
 def test_training_skips_bad_files_and_writes_the_run_directory(dataset, tmp_path):
     data = tmp_path / "data"
     make_folder_dataset(data)
@@ -162,6 +163,7 @@ def test_training_skips_bad_files_and_writes_the_run_directory(dataset, tmp_path
 # --- NaN guard -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.own_worker_unit(minutes=2)
 def test_non_finite_loss_stops_with_step_term_and_last_good_checkpoint(dataset, tmp_path):
     run = tmp_path / "nan"
     result = run_train(
@@ -194,7 +196,9 @@ def test_non_finite_loss_stops_with_step_term_and_last_good_checkpoint(dataset, 
 # --- exact resume after SIGKILL ------------------------------------------------------------------------
 
 
-def _kill_when(process: subprocess.Popen, checkpoints: Path, step: int, timeout: float = 500) -> None:
+def _kill_when(
+    process: subprocess.Popen, checkpoints: Path, step: int, log: Path, timeout: float = 500
+) -> None:
     """SIGKILL the run once the checkpoint of `step` has been published."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -203,49 +207,56 @@ def _kill_when(process: subprocess.Popen, checkpoints: Path, step: int, timeout:
             process.wait()
             return
         if process.poll() is not None:
-            raise AssertionError(f"run ended before step {step}: {process.stderr.read()[-2000:]}")
+            raise AssertionError(f"run ended before step {step}: {log.read_text()[-2000:]}")
         time.sleep(0.2)
     process.kill()
     raise AssertionError(f"no checkpoint of step {step} within {timeout} s")
 
 
+@pytest.mark.own_worker_unit(minutes=5)
 def test_killed_and_resumed_twice_ends_with_the_same_weights(dataset, tmp_path):
     """Two SIGKILLs at random steps, two resumes: the run resumes from the right step, leaves no half-written
     checkpoint, and (with --deterministic, which turns oneDNN off) ends with weights bit-identical to an
-    uninterrupted run. Known gap: the last part still fails in some runs (latest: 250/666 arrays, <= 5.7e-6,
-    in the full suite after passing alone), so a mismatch is reported as an expected failure, not hidden."""
+    uninterrupted run. Known gap: the last part still fails in some runs (a 1-ulp difference in one layer's
+    bias or BatchNorm gradient at one step, then spreading), so a mismatch is reported as an expected
+    failure, not hidden. The uninterrupted run goes on beside the killed ones (each uses one thread)."""
     common = [
         "--dataset=folder",
         f"--data_dir={dataset}",
         *TINY,
         "--epochs=2",
-        "--steps_per_epoch=3",
+        "--steps_per_epoch=2",
         "--checkpoint_every_steps=1",
         "--deterministic",
         "--eval_at_end=false",
         "--scan_data=false",
         "--seed=3",
     ]
-    straight = run_train(*common, f"--run_dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
-        assert "restarting with TF_ENABLE_ONEDNN_OPTS=0" in straight.stdout
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
+    def start(run_dir: Path, log: Path, **extra_env: str) -> subprocess.Popen:
+        with open(log, "w") as out:  # a file, not a pipe nobody reads while the run goes on
+            return subprocess.Popen(
+                [sys.executable, "-m", "mgn_tf.train", *common, f"--run_dir={run_dir}"],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**env, **extra_env},
+            )
+
+    straight = start(tmp_path / "straight", tmp_path / "straight.log")  # as typed: restarts without oneDNN
     run = tmp_path / "killed"
     rng = np.random.default_rng()
-    first, second = sorted(rng.choice(np.arange(1, 6), 2, replace=False))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for kill_at in (first, second):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mgn_tf.train", *common, f"--run_dir={run}"],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        _kill_when(process, run / "checkpoints", int(kill_at))
-    resumed = run_train(*common, f"--run_dir={run}")
+    first, second = sorted(rng.choice(np.arange(1, 4), 2, replace=False))
+    for kill_at in (first, second):  # oneDNN already off: the same run without the restart
+        log = tmp_path / f"killed_at_{kill_at}.log"
+        _kill_when(start(run, log, TF_ENABLE_ONEDNN_OPTS="0"), run / "checkpoints", int(kill_at), log)
+    resumed = run_train(*common, f"--run_dir={run}", env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    straight.wait(timeout=600)
+    out = (tmp_path / "straight.log").read_text()
+    assert straight.returncode == 0, out[-3000:]
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+        assert "restarting with TF_ENABLE_ONEDNN_OPTS=0" in out
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(step {second})" in resumed.stdout
     assert not list((run / "checkpoints").glob(".tmp_*")), "no half-written checkpoint is left behind"
@@ -271,6 +282,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.own_worker_unit(minutes=3)
 def test_two_local_workers_end_with_identical_weights(dataset, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     run = tmp_path / "multi"

@@ -39,6 +39,7 @@ def make_trainer(seed: int = 0, weights: tuple[float, float] = (1.0, 1.0)) -> MG
     return trainer
 
 
+@pytest.mark.own_worker_unit(minutes=2)
 def test_every_loss_term_is_reported_and_combined_with_its_weight(batch):
     images, labels = batch
     trainer = make_trainer(weights=(0.7, 2.0))
@@ -56,6 +57,7 @@ def test_every_loss_term_is_reported_and_combined_with_its_weight(batch):
     assert softmax == pytest.approx(np.log(4), rel=0.05)  # small initial logits: cross-entropy ~ log(C)
 
 
+@pytest.mark.own_worker_unit(minutes=4)
 def test_two_replica_step_equals_one_device():
     """Subprocess: logical CPU devices must be configured before TensorFlow starts."""
     result = subprocess.run(
@@ -72,6 +74,7 @@ def test_two_replica_step_equals_one_device():
     assert report["global_diff_over_update"] < 1e-9
 
 
+@pytest.mark.own_worker_unit(minutes=2)
 def test_checkpoint_round_trip_restores_weights_and_optimizer_state(batch, tmp_path):
     images, labels = batch
     data = tf.data.Dataset.from_tensors((images, labels)).repeat(2)
