@@ -56,11 +56,13 @@ def _minutes(item: pytest.Item) -> float:
     return float(mark.kwargs.get("minutes", 1)) if mark else 0.0
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups (xdist#1241)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Gives every test an `xdist_group`, the unit a worker takes: its module (so module- and
     session-scoped fixtures are built once per run), the group its module names (test_export.py and
-    test_inference.py share one export), or itself for `own_worker_unit` tests. Order: own units longest
-    first, then named groups, then the rest, so neither worker is left alone with a long test at the end.
+    test_inference.py share one export), or itself for `own_worker_unit` tests. Order: named groups (the
+    export, the largest unit), then own units longest first, then the rest, so neither worker is left
+    alone with a long test at the end.
     Without xdist the marks change nothing and only the order differs."""
     named = set()
     for item in items:
@@ -72,4 +74,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             group = item.module.__name__
         item.add_marker(pytest.mark.xdist_group(name=group))
-    items.sort(key=lambda item: (-_minutes(item), item.nodeid not in named))  # stable: file order kept
+    items.sort(key=lambda item: (item.nodeid not in named, -_minutes(item)))  # stable: file order kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Stops the run if xdist did not group (pytest 9.2 made `--dist loadgroup` a silent no-op,
+    pytest-dev/pytest-xdist#1386): every module fixture and the export would then run once per test."""
+    if node.config.getoption("dist") == "loadgroup" and ids and not all("@" in nodeid for nodeid in ids):
+        raise pytest.UsageError(
+            f"pytest-xdist did not apply the test groups with pytest {pytest.__version__} (xdist#1386): "
+            "install the pytest range pinned in pyproject.toml"
+        )
