@@ -248,11 +248,15 @@ def test_killed_and_resumed_twice_ends_with_the_same_weights(dataset, tmp_path):
     run = tmp_path / "killed"
     rng = np.random.default_rng()
     first, second = sorted(rng.choice(np.arange(1, 4), 2, replace=False))
-    for kill_at in (first, second):  # oneDNN already off: the same run without the restart
-        log = tmp_path / f"killed_at_{kill_at}.log"
-        _kill_when(start(run, log, TF_ENABLE_ONEDNN_OPTS="0"), run / "checkpoints", int(kill_at), log)
-    resumed = run_train(*common, f"--run_dir={run}", env={"TF_ENABLE_ONEDNN_OPTS": "0"})
-    straight.wait(timeout=600)
+    try:
+        for kill_at in (first, second):  # oneDNN already off: the same run without the restart
+            log = tmp_path / f"killed_at_{kill_at}.log"
+            _kill_when(start(run, log, TF_ENABLE_ONEDNN_OPTS="0"), run / "checkpoints", int(kill_at), log)
+        resumed = run_train(*common, f"--run_dir={run}", env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+        straight.wait(timeout=600)
+    finally:
+        if straight.poll() is None:  # the test failed early: leave no training behind
+            straight.kill()
     out = (tmp_path / "straight.log").read_text()
     assert straight.returncode == 0, out[-3000:]
     if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
