@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -102,7 +100,8 @@ def test_branches_are_copies_of_the_backbone_and_global_reproduces_conv5(tmp_pat
                     rng.uniform(0.5, 2.0, var.shape),
                 ]
             )
-    weights_file = _tmp_weights(resnet, tmp_path)
+    weights_file = str(tmp_path / "resnet50_notop.weights.h5")
+    resnet.save_weights(weights_file)
     model = build_mgn(10, shape, backbone_weights=weights_file)
     images = rng.uniform(0, 255, (2, *shape)).astype(np.float32)
     bgr = images[..., ::-1] - np.array(CAFFE_BGR_MEAN, np.float32)
@@ -116,12 +115,6 @@ def test_branches_are_copies_of_the_backbone_and_global_reproduces_conv5(tmp_pat
             copy = model.get_layer(f"{branch}_branch").get_layer(f"{branch}_{name}").get_weights()
             for s, c in zip(source, copy, strict=True):
                 np.testing.assert_array_equal(s, c)
-
-
-def _tmp_weights(model: keras.Model, folder: Path) -> str:
-    path = str(folder / "resnet50_notop.weights.h5")
-    model.save_weights(path)
-    return path
 
 
 def test_embedding_model_is_the_concatenated_reduced_features():
