@@ -71,7 +71,6 @@ flags.DEFINE_float(
     onnx_model.DEFAULT_MIN_FREE_BYTES / 2**30,
     "Wait until this much memory is available before starting the ONNX conversion (it peaks near 6 GB).",
 )
-flags.mark_flags_as_required(["weights", "out"])
 
 
 def main(argv: list[str]) -> int:
@@ -122,4 +121,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # Required only for the command: importing this module (tests do) must not add validators that
+    # break parsing of other commands' flags in the same process.
+    flags.mark_flags_as_required(["weights", "out"])
     app.run(main)

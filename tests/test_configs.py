@@ -58,3 +58,12 @@ def test_config_parses_and_validates(path, tmp_path, cuhk01_dir):
             assert getattr(config, key) == pytest.approx(value), key
     if path.stem.startswith("cuhk03"):
         assert config.dataset_options == {"variant": "labeled" if path.stem == "cuhk03" else "detected"}
+
+
+def test_other_commands_flags_do_not_break_parsing():
+    """Importing the export and evaluate commands (as other tests do, in the same worker) defines their
+    flags in the same process; parsing a training flagfile must still work (no required-flag validators)."""
+    from export import __main__ as _export  # noqa: F401
+    from mgn_tf import evaluate as _evaluate  # noqa: F401
+
+    assert parse(CONFIGS[0]).dataset
