@@ -65,7 +65,7 @@ def define_train_flags() -> None:
     flags.DEFINE_bool(
         "deterministic",
         _D.deterministic,
-        "Bit-exact repeat and resume: TF op determinism, one CPU thread, oneDNN off (restarts the process).",
+        "Bit-exact repeat and resume: TF op determinism, one CPU thread, oneDNN and grappler off (restarts).",
     )
     flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES, "tf.distribute strategy (auto: see README).")
     flags.DEFINE_integer(
