@@ -81,7 +81,7 @@ def configure_runtime(config: TrainConfig) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         # No grappler rewrites of the traced step: the step a resumed process traces is then run exactly
         # as written (measured on the two-kill setting, resuming one checkpoint: with grappler 4 of 18
-        # processes computed their first step 1 ulp off in some layer, without it 0 of 12).
+        # processes computed their first step 1 ulp off in some layer, without it 0 of 24).
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
 
