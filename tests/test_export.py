@@ -315,14 +315,8 @@ def test_saved_model_without_baked_flip_norm(tmp_path, truth, query_files):
 
 def test_cli_requires_weights_and_out(tmp_path):
     """The command (not the module, which tests import) requires --weights and --out."""
-    result = subprocess.run(
-        [sys.executable, "-m", "export", f"--out={tmp_path / 'o'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    command = [sys.executable, "-m", "export", f"--out={tmp_path / 'o'}"]
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "--weights" in result.stderr and "must have a value" in result.stderr
     assert not (tmp_path / "o").exists()
