@@ -79,9 +79,9 @@ def configure_runtime(config: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        # No grappler rewrites of the traced step: the step a resumed process traces is then run exactly
-        # as written (measured on the two-kill setting, resuming one checkpoint: with grappler 4 of 18
-        # processes computed their first step 1 ulp off in some layer, without it 0 of 24).
+        # No grappler rewrites: TF's determinism RFC names grappler (time-outs, set order) as nondeterministic
+        # outside the ops, and resumed processes measured it (two-kill setting: with grappler 4 of 18 computed
+        # their first step 1 ulp off in some layer, without it 0 of 87; README, Resume).
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
 
