@@ -1,6 +1,6 @@
 """Benchmark of the evaluation core: CMC/mAP and k-reciprocal re-ranking vs plain loop baselines.
 
-    python benchmarks/bench_eval.py [--sizes market,msmt] [--dim 2048] [--out results.json]
+    python benchmarks/bench_eval.py [--sizes market,msmt] [--dim 2048]   # writes docs/results/bench_eval.*
 
 Random clustered features of Market-1501 size (3,368 queries, 15,913 gallery, 751 ids, 6 cameras) and
 MSMT17 size (11,659 / 82,161, 3,060 ids, 15 cameras). Every measurement runs in a fresh child process
@@ -13,9 +13,7 @@ its per-row Python loops and dense N x N float32 arrays. At MSMT17 size the base
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import os
 import resource
 import shutil
 import sys
@@ -27,8 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mgn_tf.metrics import RankingAccumulator, cmc_map_from_features, evaluate_ranking  # noqa: E402
-from mgn_tf.rerank import re_ranking, re_ranking_features  # noqa: E402
+import results  # noqa: E402
+
+from mgn_tf.evaluation.metrics import FeatureDistance, RankingAccumulator, evaluate_ranking  # noqa: E402
+from mgn_tf.evaluation.rerank import re_ranking, re_ranking_features  # noqa: E402
 
 SIZES = {
     "small": {"nq": 300, "ng": 1500, "ids": 100, "cams": 6},  # smoke test
@@ -166,7 +166,7 @@ def _task(name: str, w: dict[str, np.ndarray], out: Path):
     if name == "metrics_ours":
         return evaluate_ranking(w["dist"], *_ids(w))
     if name == "metrics_ours_features":
-        return cmc_map_from_features(w["qf"], w["gf"], *_ids(w), metric="euclidean", normalize=False)
+        return evaluate_ranking(FeatureDistance(w["qf"], w["gf"], "euclidean", normalize=False), *_ids(w))
     if name == "rerank_loop":
         np.save(out / "rr_loop.npy", baseline_re_ranking(w["qg"], w["qq"], w["gg"], K1, K2, LAMBDA))
         return {}
@@ -174,11 +174,15 @@ def _task(name: str, w: dict[str, np.ndarray], out: Path):
         np.save(out / "rr_dense.npy", re_ranking(w["qg"], w["qq"], w["gg"], K1, K2, LAMBDA))
         return {}
     if name == "rerank_ours_features":
-        np.save(out / "rr_features.npy", re_ranking_features(w["qf"], w["gf"], K1, K2, LAMBDA))
+        dense = np.empty((len(w["qf"]), len(w["gf"])), np.float32)
+        for rows, chunk in re_ranking_features(w["qf"], w["gf"], K1, K2, LAMBDA):
+            dense[rows] = chunk
+        np.save(out / "rr_features.npy", dense)
         return {}
     if name == "rerank_eval_ours_features":
         acc = RankingAccumulator(*_ids(w))
-        re_ranking_features(w["qf"], w["gf"], K1, K2, LAMBDA, chunk_callback=acc.update)
+        for rows, chunk in re_ranking_features(w["qf"], w["gf"], K1, K2, LAMBDA):
+            acc.update(rows, chunk)
         return acc.result()
     raise ValueError(name)
 
@@ -269,7 +273,7 @@ def run_size(size: str, dim: int, work: Path, run_baseline: bool) -> list[dict]:
             why = why_m = "not run (--no-baseline)"
         m = measure("metrics_ours_features", feats, work)
         rows.append(_row(size, "metrics", "baseline: per-query loop", note=why_m))
-        rows.append(_row(size, "metrics", "ours: cmc_map_from_features", m))
+        rows.append(_row(size, "metrics", "ours: evaluate_ranking (FeatureDistance)", m))
         e = measure("rerank_eval_ours_features", feats, work)
         rows.append(_row(size, "rerank+eval", "baseline: dense loop re_ranking", note=why))
         rows.append(_row(size, "rerank+eval", "ours: re_ranking_features -> RankingAccumulator", e))
@@ -282,13 +286,20 @@ def run_size(size: str, dim: int, work: Path, run_baseline: bool) -> list[dict]:
     mf = measure("metrics_ours_features", feats, work)
     rows.append(_row(size, "metrics", "baseline: per-query loop (distmat)", ml))
     rows.append(
-        _row(size, "metrics", "ours: cmc_map (distmat)", mo, ml, _metric_diff(mo["result"], ml["result"]))
+        _row(
+            size,
+            "metrics",
+            "ours: evaluate_ranking (distmat)",
+            mo,
+            ml,
+            _metric_diff(mo["result"], ml["result"]),
+        )
     )
     rows.append(
         _row(
             size,
             "metrics",
-            "ours: cmc_map_from_features",
+            "ours: evaluate_ranking (FeatureDistance)",
             mf,
             ml,
             _metric_diff(mf["result"], ml["result"]),
@@ -359,7 +370,6 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="market,msmt", help="comma list of: " + ",".join(SIZES))
     ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--out", type=Path, default=None, help="write the table as JSON")
     ap.add_argument("--no-baseline", action="store_true", help="skip the (slow) loop baselines")
     args = ap.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
@@ -373,15 +383,22 @@ def main(argv: list[str] | None = None) -> None:
             rows += run_size(size, args.dim, work, not args.no_baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(
-        f"dim={args.dim}, k1={K1} k2={K2} lambda={LAMBDA}, cpus={os.cpu_count()}; peak MB = peak RSS of the"
+    notes = (
+        f"dim={args.dim}, k1={K1} k2={K2} lambda={LAMBDA}; random clustered features (not a model's). "
+        "peak MB = peak RSS of the measured call's process (inputs included), >inputs = peak minus RSS "
+        "after loading the inputs; speed-up = baseline time / time, mem frac = peak / baseline peak "
+        "(the baseline rows above it in the same task), both measured in this run."
     )
-    print("measured call's process (inputs included), >inputs = peak minus RSS after loading the inputs;")
-    print("speed-up = baseline time / time, mem frac = peak / baseline peak (rows above it in the same task)")
-    print(format_table(rows))
-    if args.out:
-        args.out.write_text(json.dumps({"dim": args.dim, "rows": rows}, indent=2))
+    table = format_table(rows)
+    print(f"\n{notes}\n{table}")
+    path = results.write(
+        "bench_eval",
+        "Evaluation core: CMC/mAP and re-ranking against loop baselines",
+        {"dim": args.dim, "k1": K1, "k2": K2, "lambda": LAMBDA, "rows": rows},
+        f"```\n{table}\n```",
+        notes,
+    )
+    print(f"Wrote {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

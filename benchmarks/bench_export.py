@@ -4,22 +4,25 @@
 
 Prints the parity table (max abs diff, min cosine, pairwise spread vs Keras; file size; images/s at batch 8
 for Keras and each runtime), the SavedModel size against the weights' bytes, and the peak RSS of the
-tf2onnx child; writes all of it to <out>/bench_export.json.
+tf2onnx child; writes all of it to docs/results/bench_export.json and .md (artefacts stay in --out).
+A fresh model's three equal branches would be merged by the converters, so the branches are perturbed
+(tests/helpers/perturb.py): sizes and speeds are those of a trained model.
   --onnx_default_route  also convert with the default protobuf backend to measure its peak RSS
                         (~20 GB: waits for that much free memory, skipped after --memory_wait_s).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # results.py beside this file; tests/helpers/perturb.py
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "/tmp/mgn_bench_export", "Output directory (artefacts and bench_export.json).")
@@ -33,15 +36,17 @@ flags.DEFINE_float("memory_wait_s", 600, "How long to wait for free memory befor
 def main(argv: list[str]) -> None:
     del argv
     logging.getLogger().setLevel(logging.INFO)
-    from export import exporter, onnx_model, saved_model
-    from export.perturb import distinct_fresh_model
+    import results
+    from helpers.perturb import distinct_fresh_model
+
+    from mgn_tf.export import exporter, onnx_model, saved_model
     from mgn_tf.model import embedding_model
 
     out = Path(FLAGS.out)
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
-    model = embedding_model(distinct_fresh_model(FLAGS.num_classes, (384, 128, 3), seed=0))
+    model = embedding_model(distinct_fresh_model(FLAGS.num_classes, (384, 128), seed=0))
     report = exporter.export_all(
         model,
         out,
@@ -51,10 +56,9 @@ def main(argv: list[str]) -> None:
         onnx_min_free_bytes=onnx_model.DEFAULT_MIN_FREE_BYTES,
         info={"benchmark": "distinct_fresh_model(seed=0)"},
     )
-    results = report.to_dict()
+    record = report.to_dict()
     sm_bytes = saved_model.directory_size(report.artefacts["savedmodel"])
-    results.update(
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
+    record.update(
         savedmodel_bytes=sm_bytes,
         savedmodel_over_weights=sm_bytes / report.weights_bytes,
     )
@@ -77,7 +81,7 @@ def main(argv: list[str]) -> None:
                 report.artefacts["savedmodel"], out / "default_route.onnx", lean=False
             )
             conversion.wait()
-            results["onnx_default_route"] = {
+            record["onnx_default_route"] = {
                 "peak_rss_bytes": conversion.peak_rss_bytes,
                 "seconds": conversion.seconds,
             }
@@ -87,9 +91,20 @@ def main(argv: list[str]) -> None:
             )
             (out / "default_route.onnx").unlink()
 
-    results["total_seconds"] = time.perf_counter() - started
-    (out / "bench_export.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nResults: {out / 'bench_export.json'} ({results['total_seconds']:.0f} s)")
+    record["total_seconds"] = time.perf_counter() - started
+    notes = (
+        f"Full 384x128 model with distinct branch weights, batch 8, parity on {report.parity_source}. "
+        f"SavedModel {sm_bytes / 1e6:.1f} MB for {report.weights_bytes / 1e6:.1f} MB of weights; "
+        f"tf2onnx child peak RSS {report.onnx_peak_rss_bytes / 1e9:.2f} GB (pure-Python protobuf)."
+    )
+    path = results.write(
+        "bench_export",
+        "Export: parity, size and speed of every artefact",
+        record,
+        f"```\n{report.table()}\n```",
+        notes,
+    )
+    print(f"\nResults: {path} ({record['total_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

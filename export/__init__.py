@@ -1,14 +1,7 @@
-"""Export of a trained MGN for deployment, each artefact checked against the Keras model.
+"""The export and serving tools of the repository (not installed: the library is `mgn_tf.export`).
 
-    python -m export --weights RUN_DIR --out DIR            # the command line (see `--help`)
-
-Modules (nothing is imported here, so the light serving clients do not pull in TensorFlow):
-  exporter      export_all(model, out_dir, ...): every format + the parity table (ExportReport)
-  saved_model   SavedModel in TF Serving's layout, `serving_default` (image bytes) and `embed` signatures
-  tflite_model  TFLite fp32 / fp16 / dynamic-range int8
-  onnx_model    tf2onnx in a lean child process, with its peak RSS
-  parity        the parity batch, bounds and table
-  perturb       makes a fresh model's branches distinct (tests, benchmarks)
-  serving/      models.config, REST and gRPC clients
-Loading any artefact for inference: mgn_tf.inference.load.
+    python -m export --weights RUN_DIR --out DIR           # = mgn-export; see --help
+    python -m export.serving.rest_client --server ...      # = mgn-rest-client
+    python -m export.serving.grpc_client --server ...      # = mgn-grpc-client
+    export/serving/models.config                           # TF Serving model config for the exported model
 """

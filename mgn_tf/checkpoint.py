@@ -16,7 +16,13 @@ from pathlib import Path
 
 import keras
 
-CHECKPOINT_PREFIX = "step_"
+from mgn_tf.artifacts import (
+    CHECKPOINT_STATE,
+    CHECKPOINT_WEIGHTS,
+    checkpoint_dir_name,
+    checkpoint_step,
+    published_checkpoints,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,15 +39,8 @@ def _fsync_dir(path: Path) -> None:
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder, or None. Half-written (temporary) folders are ignored."""
-    checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        return None
-    done = [
-        p
-        for p in checkpoint_dir.iterdir()
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "state.json").is_file()
-    ]
-    return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    done = published_checkpoints(checkpoint_dir)
+    return done[-1] if done else None
 
 
 def save_checkpoint(
@@ -50,13 +49,13 @@ def save_checkpoint(
     """Writes model + optimizer state for global `step` atomically and prunes all but the `keep` newest."""
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+    final = checkpoint_dir / checkpoint_dir_name(step)
     tmp = checkpoint_dir / f".tmp_{final.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_weights(tmp / "trainer.weights.h5")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-    for name in ("trainer.weights.h5", "state.json"):
+    model.save_weights(tmp / CHECKPOINT_WEIGHTS)
+    (tmp / CHECKPOINT_STATE).write_text(json.dumps({**state, "step": step}, indent=2))
+    for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_STATE):
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
     if final.exists():  # re-saving the same step (e.g. epoch end after a step checkpoint)
@@ -64,8 +63,7 @@ def save_checkpoint(
     os.replace(tmp, final)
     _fsync_dir(checkpoint_dir)
     published = sorted(
-        (p for p in checkpoint_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX)),
-        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
+        (p for p in checkpoint_dir.iterdir() if checkpoint_step(p) is not None), key=checkpoint_step
     )
     for old in published[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -78,8 +76,8 @@ def save_checkpoint(
 def restore_checkpoint(model: keras.Model, path: str | Path) -> dict:
     """Loads a checkpoint folder into `model` (whose optimizer must be built) and returns its state."""
     path = Path(path)
-    model.load_weights(path / "trainer.weights.h5")
-    return json.loads((path / "state.json").read_text())
+    model.load_weights(path / CHECKPOINT_WEIGHTS)
+    return json.loads((path / CHECKPOINT_STATE).read_text())
 
 
 class CheckpointCallback(keras.callbacks.Callback):

@@ -1,7 +1,8 @@
 """The training configuration: plain values, checked before any work starts.
 
 Field names are the command-line flag names of `python -m mgn_tf.train`, so every validation message
-names the flag to fix.
+names the flag to fix. No TensorFlow here: flags are parsed and checked before TensorFlow is imported
+(so `--deterministic` can still set TensorFlow's environment).
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mgn_tf.data.datasets import DATASET_NAMES
-from mgn_tf.model import check_input_shape
+from mgn_tf.data.datasets import dataset_names
+from mgn_tf.errors import ConfigError
+from mgn_tf.evaluation.settings import EvalSettings
+from mgn_tf.geometry import InputSize, check_input_size
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 OPTIMIZERS = ("sgd", "adam")
-
-
-class ConfigError(ValueError):
-    """An invalid flag value; the message names the flag and the accepted values."""
 
 
 @dataclass
@@ -57,12 +56,12 @@ class TrainConfig:
     scan_data: bool = True
     strict_data: bool = False
     eval_at_end: bool = True
-    eval_batch_size: int = 64
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
     verbose: int = 1
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.input_height, self.input_width, 3)
+    def input_size(self) -> InputSize:
+        return self.input_height, self.input_width
 
     @property
     def backbone(self) -> str | None:
@@ -76,7 +75,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"--{flag}={getattr(self, flag)!r}: {message}")
 
-        need(self.dataset in DATASET_NAMES, "dataset", f"accepted values: {', '.join(DATASET_NAMES)}")
+        names = dataset_names()
+        need(self.dataset in names, "dataset", f"accepted values: {', '.join(names)}")
         need(self.p >= 2, "p", "P (identities per batch) must be >= 2 for the batch-hard triplet loss")
         need(self.k >= 1, "k", "K (images per identity) must be >= 1")
         need(self.k >= 2 or self.triplet_weight == 0, "k", "K must be >= 2 when --triplet_weight > 0")
@@ -99,9 +99,9 @@ class TrainConfig:
         need(
             self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0 = every epoch only)"
         )
-        need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        self.evaluation.validate()
         try:
-            check_input_shape(self.input_shape)
+            check_input_size(self.input_size)
         except ValueError as exc:
             raise ConfigError(
                 f"--input_height={self.input_height} --input_width={self.input_width}: {exc}"

@@ -1,14 +1,7 @@
-"""One training run, from a `TrainConfig` to a run directory:
+"""One training run, from a `TrainConfig` to a run directory (its layout: `mgn_tf.artifacts`):
 
-    dataset -> data scan -> PK pipeline -> MGN model -> MGNTrainer.fit -> checkpoints -> weights -> evaluation
-
-Run directory:
-    config.json          the run's configuration (+ num_classes, steps_per_epoch, dataset summary)
-    checkpoints/step_*/  crash-safe resume state (model, BatchNorm statistics, optimizer, position)
-    logs/                TensorBoard;  history.csv  per-epoch loss terms
-    data_scan.json, skipped_images.txt   what the data scan found
-    final.weights.h5     the trained `build_mgn` model's weights (load with `mgn_tf.inference.load`)
-    eval.json            rank-k, mAP, mINP on the test split, next to chance level
+dataset -> data scan -> PK pipeline -> MGN model -> MGNTrainer.fit -> checkpoints -> final weights
+  -> the evaluation pipeline of `python -m mgn_tf.evaluate` (`mgn_tf.evaluation.pipeline.evaluate`)
 """
 
 from __future__ import annotations
@@ -23,12 +16,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mgn_tf import artifacts
 from mgn_tf.checkpoint import CheckpointCallback, NonFiniteGuard, latest_checkpoint, restore_checkpoint
-from mgn_tf.config import ConfigError, TrainConfig
+from mgn_tf.config import TrainConfig
 from mgn_tf.data.datasets import Split, load_dataset
 from mgn_tf.data.pipeline import batches_per_epoch, train_dataset
+from mgn_tf.errors import ConfigError
+from mgn_tf.files import atomic_path, atomic_write_json
 from mgn_tf.model import build_mgn
 from mgn_tf.optimizer import make_optimizer, step_decay_schedule
+from mgn_tf.runtime import ONEDNN_ENV, onednn_off
 from mgn_tf.trainer import MGNTrainer
 
 # Settings that must match between a run directory's config.json and a resumed run.
@@ -47,18 +44,6 @@ RESUME_KEYS = (
 # (--epochs may grow on resume: the order of every epoch depends only on --seed and its index.)
 
 
-# oneDNN's CPU kernels are not bit-reproducible in the first training step of a process, even single-
-# threaded (measured: resuming one step before the end of a run differed from the uninterrupted run at
-# the ulp level in 2 of 2 tries with oneDNN, 0 of 2 without). TensorFlow reads this variable on import,
-# so `python -m mgn_tf.train --deterministic` restarts itself with it set to "0".
-ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
-
-
-def onednn_off() -> bool:
-    """Whether this process started TensorFlow with oneDNN kernels off."""
-    return os.environ.get(ONEDNN_ENV) == "0"
-
-
 def configure_runtime(config: TrainConfig) -> None:
     """Process-wide settings; call before TensorFlow creates its devices (i.e. first). Runs no TF op, so
     that MultiWorkerMirroredStrategy can still configure collective ops afterwards."""
@@ -71,17 +56,17 @@ def configure_runtime(config: TrainConfig) -> None:
         if not onednn_off():
             warnings.warn(
                 f"--deterministic with oneDNN kernels on: set {ONEDNN_ENV}=0 before TensorFlow is imported "
-                "for bit-exact resume (python -m mgn_tf.train does so itself)",
+                "for bit-exact resume (mgn_tf.runtime.set_environment; python -m mgn_tf.train does so)",
                 stacklevel=2,
             )
         # Op determinism alone is not enough on CPU: multi-threaded reductions in the oneDNN / Eigen
-        # kernels still change the summation order between runs (measured: 1e-6 after 6 steps).
+        # kernels still change the summation order between runs.
         tf.config.experimental.enable_op_determinism()
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        # No grappler rewrites: TF's determinism RFC names grappler (time-outs, set order) as nondeterministic
-        # outside the ops, and resumed processes measured it (two-kill setting: with grappler 4 of 18 computed
-        # their first step 1 ulp off in some layer, without it 0 of 87; README, Resume).
+        # No grappler rewrites: TF's determinism RFC (tensorflow/community rfcs/20210119-determinism.md,
+        # "Grappler changes") names grappler as nondeterministic outside the ops (optimizer time-outs,
+        # set iteration order), and resumed processes did compute their first step differently with it.
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
 
@@ -117,11 +102,12 @@ def worker_run_dir(run_dir: Path, strategy: tf.distribute.Strategy) -> tuple[Pat
     if resolver is None or not getattr(resolver, "task_type", None):
         return run_dir, True
     chief = resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
-    return (run_dir if chief else run_dir / "workers" / f"{resolver.task_type}_{resolver.task_id}"), chief
+    folder = run_dir / artifacts.WORKERS_DIR / f"{resolver.task_type}_{resolver.task_id}"
+    return (run_dir if chief else folder), chief
 
 
 def _check_resume_config(run_dir: Path, record: dict) -> None:
-    path = run_dir / "config.json"
+    path = run_dir / artifacts.CONFIG_NAME
     if not path.is_file():
         return
     old = json.loads(path.read_text())
@@ -134,19 +120,13 @@ def _check_resume_config(run_dir: Path, record: dict) -> None:
         )
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _training_items(config: TrainConfig, split: Split, run_dir: Path) -> tuple[list[str], np.ndarray]:
     """Training paths and labels 0..C-1 after the data scan (bad files skipped, convertible converted)."""
     items = split.train
     if config.scan_data:
         from mgn_tf.data.scan import scan_items
 
-        report = scan_items(items, run_dir / "converted_images", strict=config.strict_data)
+        report = scan_items(items, run_dir / artifacts.CONVERTED_DIR, strict=config.strict_data)
         report.write(run_dir)
         print(report.summary(), flush=True)
         items = report.items
@@ -156,7 +136,8 @@ def _training_items(config: TrainConfig, split: Split, run_dir: Path) -> tuple[l
 
 
 def train(config: TrainConfig) -> dict:
-    """Trains (or resumes) the run in `config.run_dir`; returns the evaluation results (or {})."""
+    """Trains (or resumes) the run in `config.run_dir`; returns the final evaluation's results.json
+    content ({} without evaluation)."""
     config.validate()
     strategy = make_strategy(config)  # first: MultiWorkerMirroredStrategy must precede any TF op
     keras.utils.set_random_seed(config.seed)
@@ -186,12 +167,12 @@ def train(config: TrainConfig) -> dict:
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     _check_resume_config(run_dir, record)
-    _write_json_atomic(run_dir / "config.json", record)
+    atomic_write_json(run_dir / artifacts.CONFIG_NAME, record)
 
     with strategy.scope():
         mgn = build_mgn(
             num_classes,
-            config.input_shape,
+            config.input_size,
             backbone_weights=config.backbone,
             sync_bn=config.sync_bn,
             zero_init_residual=config.zero_init_residual,
@@ -206,7 +187,7 @@ def train(config: TrainConfig) -> dict:
         )
         trainer.optimizer.build(trainer.trainable_variables)
 
-    checkpoint_dir = run_dir / "checkpoints"
+    checkpoint_dir = run_dir / artifacts.CHECKPOINTS_DIR
     start = 0
     latest = latest_checkpoint(checkpoint_dir)
     if latest is not None:
@@ -217,15 +198,15 @@ def train(config: TrainConfig) -> dict:
     callbacks = [
         NonFiniteGuard(),
         CheckpointCallback(checkpoint_dir, steps_per_epoch, config.checkpoint_every_steps),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq="epoch"),
+        keras.callbacks.CSVLogger(str(run_dir / artifacts.HISTORY_CSV), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / artifacts.LOGS_DIR), update_freq="epoch"),
     ]
 
     def data(epoch: int, step: int) -> tf.data.Dataset:
         dataset = train_dataset(
             paths,
             labels,
-            (config.input_height, config.input_width),
+            config.input_size,
             p=config.p,
             k=config.k,
             seed=config.seed,
@@ -262,19 +243,17 @@ def train(config: TrainConfig) -> dict:
     train_seconds = time.time() - started
 
     trainer.sync_moving_statistics()
-    final = run_dir / "final.weights.h5"
-    tmp = run_dir / "final.tmp.weights.h5"
-    mgn.save_weights(tmp)
-    os.replace(tmp, final)
+    final = run_dir / artifacts.FINAL_WEIGHTS
+    with atomic_path(final) as tmp:
+        mgn.save_weights(tmp)
     print(f"Saved {final}", flush=True)
+    print(f"Training took {train_seconds:.1f} s in this process", flush=True)
 
-    results: dict = {"train_seconds_this_session": round(train_seconds, 1)}
-    if config.eval_at_end and chief and split.query and split.gallery:
-        from mgn_tf.evaluation import evaluate_model
+    if not (config.eval_at_end and chief and split.query and split.gallery):
+        return {}
+    from mgn_tf.evaluation.pipeline import evaluate
+    from mgn_tf.inference import KerasEmbedder
 
-        results.update(
-            evaluate_model(mgn, split, (config.input_height, config.input_width), config.eval_batch_size)
-        )
-        _write_json_atomic(run_dir / "eval.json", results)
-        print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2), flush=True)
-    return results
+    # The run directory as the path, as `python -m mgn_tf.evaluate --run_dir` records it.
+    embedder = KerasEmbedder(mgn, Path(config.run_dir))
+    return evaluate(embedder, split, config.evaluation, run_dir / artifacts.EVAL_DIR)

@@ -1,91 +1,169 @@
-"""Command-line flags shared by the entry points, so one flagfile serves training and evaluation."""
+"""Command-line flags of the tools, defined in groups, and their conversion to plain settings.
+
+One flagfile serves training and evaluation: `python -m mgn_tf.train` defines the data, training and
+evaluation groups; `python -m mgn_tf.evaluate` defines the same groups (a training flagfile parses) and
+lists the data and evaluation ones in its --help. Each `define_*` function returns the names it defined,
+which the tools pass to `mgn_tf.cli.run` as the flags their --help lists. Nothing below the entry points
+reads flags: they turn them into a `TrainConfig` / `EvalSettings` here. No TensorFlow is imported.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from absl import flags
 
-from mgn_tf.config import OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig
-from mgn_tf.data.datasets import DATASET_NAMES
+from mgn_tf.config import OPTIMIZERS, STRATEGIES, TrainConfig
+from mgn_tf.errors import ConfigError
+from mgn_tf.evaluation.settings import DISTANCES, POOLING, EvalSettings, RerankParams
+from mgn_tf.geometry import PAPER_INPUT_SIZE, InputSize
 
 F = flags.FLAGS
 
 
-def define_train_flags() -> None:
-    """Defines every training flag (names = TrainConfig fields, plus dataset options)."""
-    _D = TrainConfig()
-    flags.DEFINE_enum("dataset", _D.dataset, DATASET_NAMES, "Dataset reader.")
-    flags.DEFINE_string(
-        "data_dir", _D.data_dir, "Dataset root folder (for 'synthetic': where it is generated)."
-    )
-    flags.DEFINE_string(
-        "run_dir", _D.run_dir, "Output folder: checkpoints, logs, weights, config and results."
-    )
-    flags.DEFINE_enum("cuhk03_variant", "labeled", ["labeled", "detected"], "CUHK03 bounding boxes.")
-    flags.DEFINE_integer("split_seed", 0, "CUHK01: seed of the 485/486 identity split.")
-    flags.DEFINE_bool("msmt17_use_val", True, "MSMT17: add list_val.txt to the training set.")
-    flags.DEFINE_integer("input_height", _D.input_height, "Network input height (multiple of 96).")
-    flags.DEFINE_integer("input_width", _D.input_width, "Network input width (multiple of 16).")
-    flags.DEFINE_string(
-        "backbone_weights",
-        _D.backbone_weights,
-        "ResNet50 initialisation: imagenet, none, or a path to an .h5 file.",
-    )
-    flags.DEFINE_bool(
-        "zero_init_residual",
-        _D.zero_init_residual,
-        "From scratch only: start every residual block as the identity (last BatchNorm scale 0).",
-    )
-    flags.DEFINE_integer("p", _D.p, "Identities per batch (P of the PK batch).")
-    flags.DEFINE_integer("k", _D.k, "Images per identity (K of the PK batch).")
-    flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.")
-    flags.DEFINE_integer(
-        "steps_per_epoch", _D.steps_per_epoch, "Batches per epoch; 0 = one pass over the training set."
-    )
-    flags.DEFINE_enum(
-        "optimizer",
-        _D.optimizer,
-        OPTIMIZERS,
-        "sgd: the paper's SGD + momentum + L2 (PyTorch semantics); adam: Adam with the same L2 added to the "
-        "gradient (for training from scratch without ImageNet weights, e.g. the CPU configs).",
-    )
-    flags.DEFINE_float("lr", _D.lr, "Initial learning rate.")
-    flags.DEFINE_list(
-        "lr_decay_epochs", [str(e) for e in _D.lr_decay_epochs], "Epochs after which lr is multiplied."
-    )
-    flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Learning-rate multiplier at each decay epoch.")
-    flags.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
-    flags.DEFINE_float(
-        "weight_decay", _D.weight_decay, "L2 regularisation factor (added to the gradient, as PyTorch)."
-    )
-    flags.DEFINE_float("margin", _D.margin, "Batch-hard triplet margin.")
-    flags.DEFINE_float("softmax_weight", _D.softmax_weight, "Weight of the mean softmax cross-entropy term.")
-    flags.DEFINE_float("triplet_weight", _D.triplet_weight, "Weight of the mean batch-hard triplet term.")
-    flags.DEFINE_bool("flip", _D.flip, "Random horizontal flip augmentation.")
-    flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, batch order and augmentation.")
-    flags.DEFINE_bool(
-        "deterministic",
-        _D.deterministic,
-        "Bit-exact repeat and resume: TF op determinism, one CPU thread, oneDNN and grappler off (restarts).",
-    )
-    flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES, "tf.distribute strategy (auto: see README).")
-    flags.DEFINE_integer(
-        "cpu_replicas", _D.cpu_replicas, "Split the CPU into N logical devices (tests, no GPU)."
-    )
-    flags.DEFINE_bool("sync_bn", _D.sync_bn, "Synchronise BatchNorm statistics across replicas.")
-    flags.DEFINE_bool("mixed_precision", _D.mixed_precision, "mixed_float16 compute (GPUs).")
-    flags.DEFINE_bool("xla", _D.xla, "Compile the train step with XLA.")
-    flags.DEFINE_integer(
-        "checkpoint_every_steps", _D.checkpoint_every_steps, "Also checkpoint every N steps (0: off)."
-    )
-    flags.DEFINE_bool("scan_data", _D.scan_data, "Scan training images for bad files before training.")
-    flags.DEFINE_bool("strict_data", _D.strict_data, "Stop at once if the scan finds a bad image.")
-    flags.DEFINE_bool(
-        "eval_at_end", _D.eval_at_end, "Evaluate rank-k / mAP on the test split after training."
-    )
-    flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of the final evaluation.")
-    flags.DEFINE_integer(
-        "verbose", _D.verbose, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch."
-    )
+def _names_defined_by(define: Callable[[], None]) -> list[str]:
+    before = set(F)
+    define()
+    return [name for name in F if name not in before]
+
+
+def define_data_flags(input_size: InputSize | None = PAPER_INPUT_SIZE) -> list[str]:
+    """Dataset, run directory and input size; `input_size` None: taken from the run or artefact."""
+    defaults = TrainConfig()
+
+    def define() -> None:
+        flags.DEFINE_string(
+            "dataset",
+            defaults.dataset,
+            "Dataset reader: market1501, dukemtmc, cuhk03, msmt17, cuhk01, folder, synthetic, or one "
+            "registered with mgn_tf.data.datasets.register_dataset.",
+        )
+        flags.DEFINE_string(
+            "data_dir", defaults.data_dir, "Dataset root folder (for 'synthetic': where it is generated)."
+        )
+        flags.DEFINE_string(
+            "run_dir", defaults.run_dir, "Run folder: checkpoints, logs, weights, config and evaluation."
+        )
+        flags.DEFINE_enum("cuhk03_variant", "labeled", ["labeled", "detected"], "CUHK03 bounding boxes.")
+        flags.DEFINE_integer("split_seed", 0, "CUHK01: seed of the 485/486 identity split.")
+        flags.DEFINE_bool("msmt17_use_val", True, "MSMT17: add list_val.txt to the training set.")
+        suffix = "" if input_size else " Default: the size the model was trained or exported at."
+        height, width = input_size or (None, None)
+        flags.DEFINE_integer("input_height", height, f"Network input height (multiple of 96).{suffix}")
+        flags.DEFINE_integer("input_width", width, f"Network input width (multiple of 16).{suffix}")
+
+    return _names_defined_by(define)
+
+
+def define_train_flags() -> list[str]:
+    """Every training flag (names = TrainConfig fields)."""
+    d = TrainConfig()
+
+    def define() -> None:
+        flags.DEFINE_string(
+            "backbone_weights",
+            d.backbone_weights,
+            "ResNet50 initialisation: imagenet, none, or a path to an .h5 file.",
+        )
+        flags.DEFINE_bool(
+            "zero_init_residual",
+            d.zero_init_residual,
+            "From scratch only: start every residual block as the identity (last BatchNorm scale 0).",
+        )
+        flags.DEFINE_integer("p", d.p, "Identities per batch (P of the PK batch).")
+        flags.DEFINE_integer("k", d.k, "Images per identity (K of the PK batch).")
+        flags.DEFINE_integer("epochs", d.epochs, "Training epochs.")
+        flags.DEFINE_integer(
+            "steps_per_epoch", d.steps_per_epoch, "Batches per epoch; 0 = one pass over the training set."
+        )
+        flags.DEFINE_enum(
+            "optimizer",
+            d.optimizer,
+            OPTIMIZERS,
+            "sgd: the paper's SGD + momentum + L2 (PyTorch semantics); adam: Adam with the same L2 added to "
+            "the gradient (for training from scratch without ImageNet weights, e.g. the CPU configs).",
+        )
+        flags.DEFINE_float("lr", d.lr, "Initial learning rate.")
+        flags.DEFINE_list(
+            "lr_decay_epochs", [str(e) for e in d.lr_decay_epochs], "Epochs after which lr is multiplied."
+        )
+        flags.DEFINE_float(
+            "lr_decay_factor", d.lr_decay_factor, "Learning-rate multiplier at each decay epoch."
+        )
+        flags.DEFINE_float("momentum", d.momentum, "SGD momentum.")
+        flags.DEFINE_float(
+            "weight_decay", d.weight_decay, "L2 regularisation factor (added to the gradient, as PyTorch)."
+        )
+        flags.DEFINE_float("margin", d.margin, "Batch-hard triplet margin.")
+        flags.DEFINE_float(
+            "softmax_weight", d.softmax_weight, "Weight of the mean softmax cross-entropy term."
+        )
+        flags.DEFINE_float("triplet_weight", d.triplet_weight, "Weight of the mean batch-hard triplet term.")
+        flags.DEFINE_bool("flip", d.flip, "Random horizontal flip augmentation.")
+        flags.DEFINE_integer("seed", d.seed, "Seed of initialisation, batch order and augmentation.")
+        flags.DEFINE_bool(
+            "deterministic",
+            d.deterministic,
+            "Bit-exact repeat and resume: TF op determinism, one CPU thread, oneDNN and grappler off.",
+        )
+        flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy (auto: see README).")
+        flags.DEFINE_integer("cpu_replicas", d.cpu_replicas, "Split the CPU into N logical devices (tests).")
+        flags.DEFINE_bool("sync_bn", d.sync_bn, "Synchronise BatchNorm statistics across replicas.")
+        flags.DEFINE_bool("mixed_precision", d.mixed_precision, "mixed_float16 compute (GPUs).")
+        flags.DEFINE_bool("xla", d.xla, "Compile the train step with XLA.")
+        flags.DEFINE_integer(
+            "checkpoint_every_steps", d.checkpoint_every_steps, "Also checkpoint every N steps (0: off)."
+        )
+        flags.DEFINE_bool("scan_data", d.scan_data, "Scan training images for bad files before training.")
+        flags.DEFINE_bool("strict_data", d.strict_data, "Stop at once if the scan finds a bad image.")
+        flags.DEFINE_bool(
+            "eval_at_end",
+            d.eval_at_end,
+            "Evaluate on the test split after training (the evaluation flags apply; writes <run_dir>/eval).",
+        )
+        flags.DEFINE_integer(
+            "verbose", d.verbose, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch."
+        )
+
+    return _names_defined_by(define)
+
+
+def define_eval_flags() -> list[str]:
+    """How to evaluate (names = EvalSettings fields, re-ranking split into --rerank, --k1, --k2, ...)."""
+    d = EvalSettings()
+    rr = RerankParams()
+
+    def define() -> None:
+        flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "Images per inference batch.")
+        flags.DEFINE_bool(
+            "eval_flip",
+            d.eval_flip,
+            "Average each image's features with those of its mirror image (paper §4.1). Named eval_flip "
+            "because --flip is the training augmentation flag.",
+        )
+        flags.DEFINE_enum("distance", d.distance, list(DISTANCES), "Query-gallery distance.")
+        flags.DEFINE_bool("normalize", d.normalize, "L2-normalise features before the distance.")
+        flags.DEFINE_bool(
+            "rerank", True, "Also report results with k-reciprocal re-ranking (Zhong et al. 2017)."
+        )
+        flags.DEFINE_integer("k1", rr.k1, "Re-ranking k1 (k-reciprocal neighbourhood size).")
+        flags.DEFINE_integer("k2", rr.k2, "Re-ranking k2 (local query expansion size).")
+        flags.DEFINE_float("lambda_value", rr.lambda_value, "Re-ranking weight of the original distance.")
+        flags.DEFINE_enum(
+            "multi_query",
+            d.multi_query,
+            list(POOLING),
+            "Market-1501 multi-query: pool (avg / max) each query's feature with those of the gt_bbox images "
+            "of the same identity and camera.",
+        )
+        flags.DEFINE_integer("max_rank", d.max_rank, "Longest rank of the CMC curve.")
+        flags.DEFINE_integer(
+            "num_ranked_queries", d.num_ranked_queries, "Queries in ranked_list.png (0: none)."
+        )
+        flags.DEFINE_integer("chunk_size", d.chunk_size, "Query rows per distance / re-ranking chunk.")
+        flags.DEFINE_bool("progress", d.progress, "Show progress bars during feature extraction.")
+
+    return _names_defined_by(define)
 
 
 def dataset_options_from_flags() -> dict:
@@ -94,7 +172,25 @@ def dataset_options_from_flags() -> dict:
         "cuhk03": {"variant": F.cuhk03_variant},
         "cuhk01": {"split_seed": F.split_seed},
         "msmt17": {"use_val": F.msmt17_use_val},
-    }.get(F.dataset, {})
+    }.get(F.dataset.strip().lower(), {})
+
+
+def input_size_from_flags() -> InputSize | None:
+    """(--input_height, --input_width) when the user set them (command line or flagfile), else None."""
+    if not (F["input_height"].present or F["input_width"].present):
+        return None
+    if F.input_height is None or F.input_width is None:
+        raise ConfigError(
+            f"--input_height={F.input_height} --input_width={F.input_width}: pass both or neither"
+        )
+    return F.input_height, F.input_width
+
+
+def eval_settings_from_flags() -> EvalSettings:
+    """EvalSettings from the parsed flags, validated (ConfigError names the flag)."""
+    rerank = RerankParams(F.k1, F.k2, F.lambda_value) if F.rerank else None
+    fields: Sequence[str] = [name for name in EvalSettings.__dataclass_fields__ if name != "rerank"]
+    return EvalSettings(rerank=rerank, **{name: F[name].value for name in fields}).validate()
 
 
 def config_from_flags() -> TrainConfig:
@@ -103,9 +199,12 @@ def config_from_flags() -> TrainConfig:
         decay = tuple(int(e) for e in F.lr_decay_epochs)
     except ValueError as exc:
         raise ConfigError(f"--lr_decay_epochs={F.lr_decay_epochs}: expected integers, e.g. 40,60") from exc
-    fields = {name for name in TrainConfig.__dataclass_fields__} - {"dataset_options", "lr_decay_epochs"}
+    special = {"dataset_options", "lr_decay_epochs", "evaluation", "dataset"}
+    fields = [name for name in TrainConfig.__dataclass_fields__ if name not in special]
     return TrainConfig(
+        dataset=F.dataset.strip().lower(),
         dataset_options=dataset_options_from_flags(),
         lr_decay_epochs=decay,
+        evaluation=eval_settings_from_flags(),
         **{name: F[name].value for name in fields},
     )

@@ -1,8 +1,8 @@
 """Image decoding and resizing shared by training, evaluation, inference and export.
 
 Every path that turns encoded image bytes into network input goes through `decode_and_resize`, so the
-training pipeline, the SavedModel's image-bytes signature and `load_images` feed the model identical
-numbers: RGB float32 in 0..255, bilinear resize (no antialias) to (height, width).
+training pipeline, the SavedModel's image-bytes signature, `image_batches` and `load_images` feed the
+model identical numbers: RGB float32 in 0..255, bilinear resize (no antialias) to (height, width).
 """
 
 from __future__ import annotations
@@ -43,6 +43,36 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImageReadError(f"cannot decode image file {path}: {message}") from exc
+
+
+def image_batches(paths: Sequence[str | Path], size: tuple[int, int], batch_size: int) -> tf.data.Dataset:
+    """float32 [B, H, W, 3] RGB 0..255 batches of `paths`, in order, read and decoded in parallel.
+
+    A file that cannot be decoded fails the iteration with a tf.errors.InvalidArgumentError that does
+    not name it; `find_unreadable` does.
+    """
+
+    def load(path):
+        return decode_and_resize(tf.io.read_file(path), size)
+
+    names = np.array([str(p) for p in paths], dtype=str) if len(paths) else np.zeros([0], dtype=str)
+    dataset = tf.data.Dataset.from_tensor_slices(names)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def find_unreadable(paths: Sequence[str | Path], size: tuple[int, int]) -> ImageReadError | None:
+    """An ImageReadError naming the first file `load_image` cannot decode (None if all can)."""
+    bad = []
+    for path in paths:
+        try:
+            load_image(path, size)
+        except ImageReadError as exc:
+            bad.append(exc)
+    if not bad:
+        return None
+    more = f" (and {len(bad) - 1} more unreadable image(s))" if len(bad) > 1 else ""
+    return ImageReadError(f"{bad[0]}{more}")
 
 
 def load_images(paths: Sequence[str | Path], size: tuple[int, int]) -> np.ndarray:

@@ -1,55 +1,73 @@
 """One inference API over every format MGN is trained or exported in.
 
-    embedder = load("runs/market")                 # run directory, or any *.weights.h5 in it
-    embedder = load("export/mgn/1")                # SavedModel (TF Serving layout, base or version dir)
-    embedder = load("export/mgn_fp16.tflite")      # TFLite (ai-edge-litert)
-    embedder = load("export/mgn.onnx")             # ONNX (onnxruntime)
+    embedder = load("runs/market")                 # run directory, checkpoint folder or any *.weights.h5
+    embedder = load("exported/mgn/1")              # SavedModel (TF Serving layout, base or version dir)
+    embedder = load("exported/mgn_fp16.tflite")    # TFLite (ai-edge-litert)
+    embedder = load("exported/mgn.onnx")           # ONNX (onnxruntime)
     features = embedder.embed(["a.jpg", "b.png"])  # or a uint8/float array [N, H, W, 3], RGB 0..255
 
 Every embedder returns float32 [N, 2048] embeddings of raw RGB 0..255 images: preprocessing is part of
-the model. File paths are decoded and resized with `mgn_tf.images` at the model's input size; arrays must
-already have that size (they are never resized silently).
+the model. File paths are read and decoded in parallel by `mgn_tf.images` at the model's input size;
+arrays must already have that size (they are never resized silently). This is the only place that runs a
+model for embeddings: evaluation, training's final evaluation and the export parity check all use it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from mgn_tf.images import load_images
+from mgn_tf.artifacts import (
+    EMBED_SIGNATURE,
+    EXPORT_INFO_NAME,
+    OUTPUT_KEY,
+    detect_format,
+    find_run_files,
+    find_saved_model,
+    read_export_info,
+)
+from mgn_tf.evaluation.metrics import l2_normalize
+from mgn_tf.geometry import InputSize, check_input_size
 
-FORMATS: tuple[str, ...] = ("keras", "savedmodel", "tflite", "onnx")
-CONFIG_NAME = "config.json"
-FINAL_WEIGHTS = "final.weights.h5"
-# Written by the exporter: SavedModel `assets.extra/<name>`, `<file>.json` beside TFLite, ONNX metadata_props.
-EXPORT_INFO_NAME = "mgn_export.json"
-EMBED_SIGNATURE = "embed"
-OUTPUT_KEY = "embedding"
+
+class InputSizeError(ValueError):
+    """An exported model was asked to run at another input size than the one it was exported for."""
+
+    def __init__(self, path: Path, exported: InputSize, requested: InputSize):
+        self.exported, self.requested = exported, requested
+        super().__init__(
+            f"{path} was exported for {exported[0]}x{exported[1]} images, not {requested[0]}x{requested[1]}; "
+            "re-export at that size or leave the input size to the artefact"
+        )
 
 
 class Embedder:
     """Embeds images with one loaded model; subclasses implement `_run` on a float32 batch.
 
     Attributes:
-      format: one of FORMATS ("keras", "savedmodel", "tflite", "onnx").
+      format: one of `mgn_tf.artifacts.MODEL_FORMATS` ("keras", "savedmodel", "tflite", "onnx").
       input_size: (height, width) the model takes.
-      flip_norm: whether embeddings are flip-averaged and L2-normalised (by the artefact itself when it
-        was exported with --bake_flip_norm, else on the host when `load(..., flip_norm=True)`).
-      path: what was loaded.
+      flip_norm: whether `embed` returns flip-averaged, L2-normalised embeddings by default (done by the
+        artefact itself when it was exported with --bake_flip_norm, else on the host when
+        `load(..., flip_norm=True)`).
+      baked_flip_norm: whether the artefact flip-averages and normalises inside (cannot be undone).
+      path: what was loaded. load_seconds: how long `load` took (None when built directly).
     """
 
     format: str = ""
 
-    def __init__(self, path: Path, input_size: tuple[int, int], baked_flip_norm: bool, flip_norm: bool):
+    def __init__(self, path: Path, input_size: Sequence[int], baked_flip_norm: bool, flip_norm: bool):
         self.path = path
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.input_size: InputSize = (int(input_size[0]), int(input_size[1]))
         self.baked_flip_norm = baked_flip_norm
-        self._host_flip_norm = flip_norm and not baked_flip_norm
         self.flip_norm = baked_flip_norm or flip_norm
+        self.load_seconds: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -57,38 +75,73 @@ class Embedder:
             f"input_size={self.input_size}, flip_norm={self.flip_norm})"
         )
 
-    def embed(self, images: Sequence[str | os.PathLike] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+    def embed(
+        self,
+        images: Sequence[str | os.PathLike] | np.ndarray,
+        batch_size: int = 32,
+        *,
+        flip: bool | None = None,
+        normalize: bool | None = None,
+        progress: bool = False,
+        description: str = "embedding",
+    ) -> np.ndarray:
         """Embeds a list of image files or an array [N, H, W, 3] (uint8 or float, RGB 0..255).
 
-        Returns float32 [N, 2048]. Files are decoded and arrays converted one batch at a time. Raises
-        ValueError for an input of the wrong kind, rank, size, channel count, dtype or value range, and
+        Returns float32 [N, 2048]. `flip`: average each image's embedding with its mirror image's (paper
+        §4.1); `normalize`: L2-normalise the result; both default to `self.flip_norm` and are done on the
+        host unless the artefact already does them. `progress` shows a progress bar. Raises ValueError
+        for an input of the wrong kind, rank, size, channel count, dtype or value range, and
         mgn_tf.images.ImageReadError (a ValueError) naming an unreadable file.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        flip = self.flip_norm if flip is None else flip
+        normalize = self.flip_norm if normalize is None else normalize
+        if self.baked_flip_norm:  # the artefact did both already
+            flip = normalize = False
         if isinstance(images, (str, bytes, os.PathLike)):
             raise ValueError(f"pass a list of image paths, not a single path ({images!r}): e.g. [{images!r}]")
-        if isinstance(images, Sequence) and all(isinstance(p, (str, os.PathLike)) for p in images):
-            paths = list(images)
-            batches = (
-                load_images(paths[i : i + batch_size], self.input_size)
-                for i in range(0, len(paths), batch_size)
-            )
-        else:
-            if isinstance(images, Sequence) and any(isinstance(p, (str, os.PathLike)) for p in images):
-                raise ValueError("a list of images must hold only file paths (str or pathlib.Path)")
-            array = check_array(np.asarray(images), self.input_size)
-            batches = (array[i : i + batch_size].astype(np.float32) for i in range(0, len(array), batch_size))
-        outputs = [self._embed_batch(batch) for batch in batches]
+        is_path = [isinstance(p, (str, os.PathLike)) for p in images] if isinstance(images, Sequence) else []
+        if is_path and all(is_path):
+            return self._embed_files(list(images), batch_size, flip, normalize, progress, description)
+        if any(is_path):
+            raise ValueError("a list of images must hold only file paths (str or pathlib.Path)")
+        array = check_array(np.asarray(images), self.input_size)
+        outputs = []
+        with tqdm(total=len(array), desc=description, unit="img", disable=not progress) as bar:
+            for i in range(0, len(array), batch_size):
+                outputs.append(
+                    self._embed_batch(array[i : i + batch_size].astype(np.float32), flip, normalize)
+                )
+                bar.update(len(outputs[-1]))
+        return self._stack(outputs)
+
+    def _embed_files(self, paths, batch_size, flip, normalize, progress, description) -> np.ndarray:
+        import tensorflow as tf
+
+        from mgn_tf.images import find_unreadable, image_batches
+
+        outputs = []
+        try:
+            with tqdm(total=len(paths), desc=description, unit="img", disable=not progress) as bar:
+                for batch in image_batches(paths, self.input_size, batch_size):
+                    outputs.append(self._embed_batch(batch.numpy(), flip, normalize))
+                    bar.update(len(outputs[-1]))
+        except tf.errors.InvalidArgumentError as exc:  # tf.data does not say which file: find it
+            raise find_unreadable(paths, self.input_size) or exc from exc
+        return self._stack(outputs)
+
+    def _stack(self, outputs: list[np.ndarray]) -> np.ndarray:
         if not outputs:
             return np.zeros((0, self._output_dim()), np.float32)
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
-    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        if not self._host_flip_norm:
-            return self._run(batch)
-        features = (self._run(batch) + self._run(np.ascontiguousarray(batch[:, :, ::-1]))) / 2
-        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    def _embed_batch(self, batch: np.ndarray, flip: bool, normalize: bool) -> np.ndarray:
+        features = np.asarray(self._run(batch), np.float32)
+        if flip:
+            mirrored = np.asarray(self._run(np.ascontiguousarray(batch[:, :, ::-1])), np.float32)
+            features = (features + mirrored) / 2
+        return l2_normalize(features) if normalize else features
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -132,51 +185,29 @@ def check_array(array: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- keras
 
 
-def find_run_files(path: str | os.PathLike) -> tuple[Path, dict]:
-    """Resolves a run directory or a `*.weights.h5` file to (weights file, run config).
+def load_training_model(path: str | os.PathLike, input_size: Sequence[int] | None = None):
+    """Rebuilds the `build_mgn` model of a training run and loads its weights.
 
-    A run directory gives `final.weights.h5`; config.json is looked up beside the weights file and in its
-    parent (for `checkpoints/epoch_NNN.weights.h5`).
-    """
-    path = Path(path)
-    if path.is_dir():
-        weights = path / FINAL_WEIGHTS
-        if not weights.is_file():
-            raise FileNotFoundError(
-                f"run directory {path} has no {FINAL_WEIGHTS} (pass a checkpoint *.weights.h5 instead)"
-            )
-    elif path.is_file() and path.name.endswith(".weights.h5"):
-        weights = path
-    else:
-        raise FileNotFoundError(f"{path} is neither a run directory nor a *.weights.h5 file")
-    for folder in (weights.parent, weights.parent.parent):
-        config_path = folder / CONFIG_NAME
-        if config_path.is_file():
-            config = json.loads(config_path.read_text())
-            missing = [k for k in ("num_classes", "input_height", "input_width") if k not in config]
-            if missing:
-                raise ValueError(f"{config_path} lacks {', '.join(missing)}")
-            return weights, config
-    raise FileNotFoundError(f"no {CONFIG_NAME} beside {weights} or in {weights.parent.parent}")
-
-
-def load_training_model(path: str | os.PathLike, input_size: tuple[int, int] | None = None):
-    """Rebuilds the `build_mgn` model of a run directory or weights file and loads its weights.
-
-    `input_size` (height, width) overrides the trained size (the weights do not depend on it).
-    Returns (keras.Model, run config).
+    `path`: anything `mgn_tf.artifacts.find_run_files` takes (run directory, checkpoint folder, weights
+    file). `input_size` (height, width) overrides the trained size (the weights do not depend on it).
+    Returns (keras.Model, mgn_tf.artifacts.RunFiles).
     """
     from mgn_tf.model import build_mgn
 
-    weights, config = find_run_files(path)
-    height, width = input_size or (config["input_height"], config["input_width"])
-    model = build_mgn(int(config["num_classes"]), (int(height), int(width), 3))
-    model.load_weights(weights)
-    return model, config
+    run = find_run_files(path)
+    size = check_input_size(input_size or run.input_size)
+    model = build_mgn(run.num_classes, size)
+    if run.trainer_checkpoint:  # the training wrapper's weights: load them through one
+        from mgn_tf.trainer import MGNTrainer
+
+        MGNTrainer(model).load_weights(run.weights)
+    else:
+        model.load_weights(run.weights)
+    return model, run
 
 
 class KerasEmbedder(Embedder):
-    """The Keras embedding model of a training run, rebuilt with build_mgn."""
+    """A `build_mgn` model (or its embedding model) in this process, as one compiled function."""
 
     format = "keras"
 
@@ -195,29 +226,6 @@ class KerasEmbedder(Embedder):
 
 
 # ------------------------------------------------------------------------------------------ savedmodel
-
-
-def find_saved_model(path: str | os.PathLike) -> Path:
-    """The SavedModel directory of `path`: the directory itself or, in TF Serving's layout
-    `<base>/<name>/<version>/`, the highest numeric version under `path` or under its only model."""
-    path = Path(path)
-    if (path / "saved_model.pb").is_file():
-        return path
-    for candidate in (path, *sorted(p for p in path.iterdir() if p.is_dir())):
-        versions = [p for p in candidate.iterdir() if p.is_dir() and p.name.isdigit()]
-        versions = [p for p in versions if (p / "saved_model.pb").is_file()]
-        if versions:
-            return max(versions, key=lambda p: int(p.name))
-    raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {path} or its numbered version folders")
-
-
-def read_export_info(path: Path) -> dict:
-    """The exporter's metadata for an artefact ({} if absent)."""
-    if path.is_dir():
-        info = path / "assets.extra" / EXPORT_INFO_NAME
-    else:
-        info = path.with_name(path.name + ".json")
-    return json.loads(info.read_text()) if info.is_file() else {}
 
 
 class SavedModelEmbedder(Embedder):
@@ -318,50 +326,34 @@ class OnnxEmbedder(Embedder):
 # ------------------------------------------------------------------------------------------------ load
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """The format of `path`: keras (run dir / *.weights.h5), savedmodel, tflite or onnx."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.is_file():
-        for suffix, name in ((".weights.h5", "keras"), (".tflite", "tflite"), (".onnx", "onnx")):
-            if path.name.endswith(suffix):
-                return name
-        raise ValueError(f"{path}: unknown model file type (expected *.weights.h5, *.tflite or *.onnx)")
-    if (path / FINAL_WEIGHTS).is_file() or (path / CONFIG_NAME).is_file():
-        return "keras"
-    find_saved_model(path)
-    return "savedmodel"
-
-
 def load(
-    path: str | os.PathLike, input_size: tuple[int, int] | None = None, flip_norm: bool = False
+    path: str | os.PathLike, input_size: Sequence[int] | None = None, flip_norm: bool = False
 ) -> Embedder:
     """Loads a training run or an exported model for embedding; the format follows from `path`.
 
     Args:
-      path: a run directory or `*.weights.h5` (config.json beside it or in its parent), a SavedModel
-        directory (TF Serving base dir `<base>/<name>/`, `<base>/<name>/<version>/` or any SavedModel dir;
-        the `embed` signature is used), a `.tflite` or an `.onnx` file.
+      path: a run directory, a checkpoint folder `checkpoints/step_N/` or any `*.weights.h5` of a run (its
+        config.json is found beside or above it), a SavedModel directory (TF Serving base dir
+        `<base>/<name>/`, `<base>/<name>/<version>/` or any SavedModel dir; the `embed` signature is
+        used), a `.tflite` or an `.onnx` file.
       input_size: (height, width). For Keras weights it rebuilds the model at that size; for an exported
-        model it must equal the exported size (ValueError otherwise). None: the trained/exported size.
-      flip_norm: return flip-averaged, L2-normalised embeddings. Computed on the host (two passes) unless
-        the artefact already does it (exported with --bake_flip_norm); `Embedder.flip_norm` says which.
+        model it must equal the exported size (InputSizeError otherwise). None: the trained/exported size.
+      flip_norm: return flip-averaged, L2-normalised embeddings by default. Computed on the host (two
+        passes) unless the artefact already does it (exported with --bake_flip_norm).
     """
+    started = time.perf_counter()
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "keras":
         model, _ = load_training_model(path, input_size)
-        return KerasEmbedder(model, path, flip_norm)
-    if fmt == "savedmodel":
-        embedder: Embedder = SavedModelEmbedder(find_saved_model(path), flip_norm)
+        embedder: Embedder = KerasEmbedder(model, path, flip_norm)
+    elif fmt == "savedmodel":
+        embedder = SavedModelEmbedder(find_saved_model(path), flip_norm)
     elif fmt == "tflite":
         embedder = TFLiteEmbedder(path, flip_norm)
     else:
         embedder = OnnxEmbedder(path, flip_norm)
-    if input_size is not None and tuple(input_size) != embedder.input_size:
-        raise ValueError(
-            f"{path} was exported for {embedder.input_size[0]}x{embedder.input_size[1]} images, not "
-            f"{input_size[0]}x{input_size[1]}; re-export at that size or pass input_size=None"
-        )
+    if input_size is not None and tuple(int(d) for d in input_size) != embedder.input_size:
+        raise InputSizeError(path, embedder.input_size, (int(input_size[0]), int(input_size[1])))
+    embedder.load_seconds = round(time.perf_counter() - started, 3)
     return embedder

@@ -24,6 +24,8 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
+from mgn_tf.geometry import PAPER_INPUT_SIZE, InputSize, check_input_size, input_shape, stripe_rows
+
 FEATURE_NAMES: tuple[str, ...] = (
     "global",  # f_g^G: Global branch, whole map
     "p2_global",  # f_g^P2: Part-2 branch, whole map
@@ -71,30 +73,8 @@ class Stack(layers.Layer):
         return ops.stack(inputs, axis=1)
 
 
-def feature_map_size(input_shape: tuple[int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(Global branch map, Part branch map) sizes for an input (height, width, channels): Table 1."""
-    height, width = input_shape[0], input_shape[1]
-    part = (-(-height // 16), -(-width // 16))
-    return (-(-part[0] // 2), -(-part[1] // 2)), part
-
-
-def check_input_shape(input_shape: tuple[int, int, int]) -> None:
-    """Raises ValueError unless the Part branches' map height splits into 2 and 3 equal stripes."""
-    if len(input_shape) != 3 or input_shape[2] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3), got {tuple(input_shape)}")
-    part_height = feature_map_size(input_shape)[1][0]
-    if input_shape[0] % 16 or part_height % 6:
-        raise ValueError(
-            f"input height {input_shape[0]} gives a {part_height}-row Part-branch feature map, which "
-            "cannot be cut into 2 and 3 equal stripes: use a height that is a multiple of 96 "
-            "(e.g. 96, 192, 288, 384)"
-        )
-    if input_shape[1] % 16:
-        raise ValueError(f"input width {input_shape[1]} must be a multiple of 16 (e.g. 32, 64, 128)")
-
-
 def _resnet50(
-    input_shape: tuple[int, int, int], backbone_weights: str | Path | None, zero_init_residual: bool = False
+    input_size: InputSize, backbone_weights: str | Path | None, zero_init_residual: bool = False
 ) -> keras.Model:
     if zero_init_residual and backbone_weights is not None:
         raise ValueError(
@@ -110,7 +90,9 @@ def _resnet50(
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)"
             )
         backbone_weights = str(path)
-    resnet = keras.applications.ResNet50(include_top=False, weights=backbone_weights, input_shape=input_shape)
+    resnet = keras.applications.ResNet50(
+        include_top=False, weights=backbone_weights, input_shape=input_shape(input_size)
+    )
     if zero_init_residual:
         for layer in resnet.layers:
             if layer.name.endswith(RESIDUAL_BN_SUFFIX):
@@ -161,7 +143,7 @@ def _reduction(x, name: str, sync_bn: bool):
 
 def build_mgn(
     num_classes: int,
-    input_shape: tuple[int, int, int] = (384, 128, 3),
+    input_size: InputSize = PAPER_INPUT_SIZE,
     backbone_weights: str | Path | None = None,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
@@ -171,7 +153,8 @@ def build_mgn(
 
     Args:
       num_classes: number of training identities (classifier width).
-      input_shape: (height, width, 3) of the raw RGB input; height a multiple of 96, width of 16.
+      input_size: (height, width) of the raw RGB input; height a multiple of 96, width of 16
+        (`mgn_tf.geometry`).
       backbone_weights: "imagenet" (Keras's download), the path of a ResNet50 no-top weights file, or None.
       sync_bn: use synchronized BatchNormalization across replicas of a tf.distribute strategy.
       zero_init_residual: start the last BatchNorm scale of every residual block at 0, so that every
@@ -187,13 +170,12 @@ def build_mgn(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    input_shape = tuple(int(d) for d in input_shape)
-    check_input_shape(input_shape)
-    resnet = _resnet50(input_shape, backbone_weights, zero_init_residual)
+    input_size = check_input_size(input_size)
+    resnet = _resnet50(input_size, backbone_weights, zero_init_residual)
     trunk_src = keras.Model(resnet.input, resnet.get_layer(TRUNK_OUTPUT).output)
     branch_src = keras.Model(resnet.get_layer(TRUNK_OUTPUT).output, resnet.get_layer(BRANCH_OUTPUT).output)
 
-    images = keras.Input(input_shape, name="images")
+    images = keras.Input(input_shape(input_size), name="images")
     x = CaffePreprocess(name="caffe_preprocess")(images)
     trunk = _copy_layers(trunk_src, "backbone_trunk", "", strides_one=False, sync_bn=sync_bn)
     shared = trunk(x)
@@ -205,9 +187,9 @@ def build_mgn(
         prefix = "" if branch == "global" else f"p{stripes}_"
         pooled[f"{prefix}global"] = layers.GlobalMaxPooling2D(name=f"{prefix}global_max_pool")(fmap)
         rows = fmap.shape[1]
-        for i in range(stripes):
-            top, bottom = rows * i // stripes, rows - rows * (i + 1) // stripes
-            stripe = layers.Cropping2D(((top, bottom), (0, 0)), name=f"p{stripes}_part{i + 1}_stripe")(fmap)
+        for i, (start, end) in enumerate(stripe_rows(rows, stripes) if stripes else []):
+            crop = ((start, rows - end), (0, 0))
+            stripe = layers.Cropping2D(crop, name=f"p{stripes}_part{i + 1}_stripe")(fmap)
             pooled[f"p{stripes}_part{i + 1}"] = layers.GlobalMaxPooling2D(
                 name=f"p{stripes}_part{i + 1}_max_pool"
             )(stripe)

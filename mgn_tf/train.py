@@ -1,44 +1,40 @@
-"""Train MGN:  python -m mgn_tf.train --flagfile configs/market1501.flags [--flag=value ...]
+"""Train MGN:  python -m mgn_tf.train --flagfile configs/market1501.flags [--flag=value ...]  (or mgn-train)
 
-Flags -> TrainConfig (validated before any work) -> mgn_tf.engine.train. Killed runs resume from the
-last checkpoint in --run_dir when started again with the same command.
+Flags -> TrainConfig (validated before TensorFlow is imported) -> mgn_tf.engine.train, which ends with
+the evaluation `python -m mgn_tf.evaluate` runs (same flags). A killed run resumes from the last
+checkpoint in --run_dir when started again with the same command.
+Exit codes: 0 ok, 2 bad flag or dataset, 3 non-finite loss, 4 bad image with --strict_data.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mgn_tf import cli
+from mgn_tf.errors import ConfigError
+from mgn_tf.flags import config_from_flags, define_data_flags, define_eval_flags, define_train_flags
 
-from absl import app  # noqa: E402
 
-from mgn_tf.config import ConfigError  # noqa: E402
-from mgn_tf.flags import config_from_flags, define_train_flags  # noqa: E402
-
-define_train_flags()
+def define_flags() -> list[str]:
+    return define_data_flags() + define_train_flags() + define_eval_flags()
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        return cli.error(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = config_from_flags()
         config.validate()
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(exc)
+    from mgn_tf import runtime
+
+    runtime.set_environment(config.deterministic)  # before TensorFlow is imported
     from mgn_tf import engine
     from mgn_tf.checkpoint import NonFiniteLossError
     from mgn_tf.data.datasets import DatasetLayoutError
     from mgn_tf.data.scan import BadDataError
 
-    if config.deterministic and not engine.onednn_off():
-        # TensorFlow (imported above with the flags) has oneDNN on; only a fresh process can turn it off.
-        print(f"--deterministic: restarting with {engine.ONEDNN_ENV}=0 (oneDNN kernels off)", flush=True)
-        sys.stderr.flush()
-        argv = [sys.executable, "-m", "mgn_tf.train", *sys.argv[1:]]
-        os.execve(sys.executable, argv, {**os.environ, engine.ONEDNN_ENV: "0"})
     engine.configure_runtime(config)
     try:
         engine.train(config)
@@ -46,8 +42,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except (ConfigError, DatasetLayoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(exc)
     except BadDataError as exc:
         print(
             f"error: {exc}\n(--strict_data is set; without it bad files are skipped and listed)",
@@ -57,5 +52,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def run() -> None:
+    cli.run(main, define_flags, __doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -40,6 +40,29 @@ def reid_vectors(shared_dir: Path):
     return np.load(shared_dir / "testdata" / "reid_eval_vectors.npz")
 
 
+# --- the session's one export (test_export.py and test_inference.py: the xdist group "export") -------
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, mini_market_dir):
+    from helpers.exported import export_run
+
+    return export_run(tmp_path_factory.mktemp("export"), mini_market_dir / "bounding_box_test")
+
+
+@pytest.fixture(scope="session")
+def truth(exported):
+    from helpers.exported import KerasTruth
+
+    return KerasTruth(exported.run_dir / "final.weights.h5")
+
+
+@pytest.fixture(scope="session")
+def query_files(mini_market_dir: Path) -> list[Path]:
+    """Real images the export's parity check did not use (it used bounding_box_test)."""
+    return sorted((mini_market_dir / "query").glob("*.jpg"))[:6]
+
+
 # --- scheduling on two cores (pytest-xdist: `-n 2`, with `--dist loadgroup` from pyproject.toml) -------
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.protocol import brute_force_metrics
 from PIL import Image
 
-from mgn_tf import evaluation
 from mgn_tf.data.datasets import load_dataset
-from mgn_tf.metrics import evaluate_ranking
-from mgn_tf.rerank import re_ranking
+from mgn_tf.evaluation.metrics import evaluate_ranking
+from mgn_tf.evaluation.multi_query import multi_query_groups, multi_query_subset, pool_multi_query
+from mgn_tf.evaluation.ranking import item_arrays, metrics_summary
+from mgn_tf.evaluation.rerank import re_ranking
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP", "mAP_official")
@@ -47,19 +49,10 @@ def normalized(x: np.ndarray) -> np.ndarray:
 
 
 def brute_force(dist, q_pids, g_pids, q_cams, g_cams) -> dict:
-    """rank-1/5/10 and mAP with Python loops: junk = same pid and camera, or pid -1."""
-    hits, aps = [], []
-    for q in range(len(q_pids)):
-        order = sorted(range(len(g_pids)), key=lambda g: (dist[q, g], g))
-        kept = [g for g in order if g_pids[g] != -1 and (g_pids[g], g_cams[g]) != (q_pids[q], q_cams[q])]
-        match = [g_pids[g] == q_pids[q] for g in kept]
-        if not any(match):
-            continue
-        hits.append(match.index(True))
-        positions = [i + 1 for i, m in enumerate(match) if m]
-        aps.append(np.mean([(k + 1) / p for k, p in enumerate(positions)]))
-    ranks = {f"rank{k}": float(np.mean(np.array(hits) < k)) for k in (1, 5, 10) if k <= len(g_pids)}
-    return {**ranks, "mAP": float(np.mean(aps))}
+    """rank-1/5/10 and mAP of the brute-force protocol (tests/helpers/protocol.py)."""
+    result = brute_force_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+    ranks = {f"rank{k}": float(result["cmc"][k - 1]) for k in (1, 5, 10) if k <= len(g_pids)}
+    return {**ranks, "mAP": result["mAP"]}
 
 
 def dense_rerank_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams) -> dict:
@@ -67,22 +60,31 @@ def dense_rerank_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams) -> dict:
     result = evaluate_ranking(
         re_ranking(qg, qq, gg, k1=20, k2=6, lambda_value=0.3), q_pids, g_pids, q_cams, g_cams
     )
-    return evaluation.metrics_summary(result)
+    return metrics_summary(result)
 
 
 # ----------------------------------------------------------------------------------- mini Market-1501
 
 
+CHECKPOINT = Path("checkpoints") / "step_00000007"
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A run directory as training writes it: final.weights.h5 and config.json, fresh weights."""
+    """A run directory as training writes it: config.json, final.weights.h5 and a resume checkpoint of
+    the same fresh weights."""
     import keras
 
     from mgn_tf.model import build_mgn
+    from mgn_tf.trainer import MGNTrainer
 
     keras.utils.set_random_seed(0)
     run = tmp_path_factory.mktemp("run")
-    build_mgn(num_classes=16, input_shape=(96, 32, 3)).save_weights(run / "final.weights.h5")
+    model = build_mgn(num_classes=16, input_size=(96, 32))
+    model.save_weights(run / "final.weights.h5")
+    (run / CHECKPOINT).mkdir(parents=True)
+    MGNTrainer(model).save_weights(run / CHECKPOINT / "trainer.weights.h5")
+    (run / CHECKPOINT / "state.json").write_text(json.dumps({"step": 7}))
     (run / "config.json").write_text(json.dumps({"num_classes": 16, "input_height": 96, "input_width": 32}))
     return run
 
@@ -96,7 +98,7 @@ def market_flags(mini_market_dir, run_dir) -> list[str]:
 def evaluated(market_flags, run_dir, tmp_path_factory):
     """One full run: model -> features (saved) -> results without / with re-ranking -> JSON and figures."""
     features = tmp_path_factory.mktemp("features") / "mini.npz"
-    done = run_evaluate(*market_flags, "--input_height=96", "--input_width=32", f"--save_features={features}")
+    done = run_evaluate(*market_flags, f"--save_features={features}")  # the input size comes from the run
     return done, run_dir / "eval", features
 
 
@@ -164,10 +166,28 @@ def test_cli_load_features_reproduces_the_numbers_without_a_model(evaluated, mar
     assert second["settings"]["load_features"] == str(features)
 
 
+def test_cli_evaluates_a_checkpoint_of_the_run(evaluated, market_flags, run_dir, tmp_path):
+    """--weights=<run>/checkpoints/step_N: config.json two folders up; the same weights, the same numbers."""
+    done, out, _ = evaluated
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = run_evaluate(
+        *market_flags, f"--weights={run_dir / CHECKPOINT}", f"--out_dir={tmp_path}", "--norerank",
+        "--num_ranked_queries=0",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = json.loads((out / "results.json").read_text())
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert second["settings"]["weights"] == str(run_dir / CHECKPOINT)
+    assert second["results"]["without_rerank"] == first["results"]["without_rerank"]
+
+
 @pytest.mark.parametrize(
     "args, flag, words",
     [
         (["--weights=/nonexistent/run"], "--weights", "does not exist"),
+        (["--input_height=100", "--input_width=32"], "--input_height", "multiple of 96"),
+        (["--eval_batch_size=0"], "--eval_batch_size", ">= 1"),
+        (["--flagfile=/nonexistent/x.flags"], "x.flags", ""),
         (["--multi_query=median"], "--multi_query", "avg"),
         (["--multi_query=avg"], "--multi_query", "gt_bbox"),
         (["--k1=0"], "--k1", ""),
@@ -234,10 +254,10 @@ def generated_market(tmp_path_factory) -> Path:
 def test_multi_query_groups_on_a_generated_market_layout(generated_market):
     split = load_dataset("market1501", generated_market)
     assert split.multi_query is not None and len(split.multi_query) == len(GT_BBOX)
-    groups = evaluation.multi_query_groups(split.query, split.multi_query)
+    groups = multi_query_groups(split.query, split.multi_query)
     names = [[Path(split.multi_query[j][0]).stem for j in g] for g in groups]
     assert names == EXPECTED_GROUPS
-    subset = evaluation.multi_query_subset(split.query, split.multi_query)
+    subset = multi_query_subset(split.query, split.multi_query)
     assert sorted(Path(p).stem for p, _, _ in subset) == sorted(sum(EXPECTED_GROUPS, []))
 
 
@@ -245,12 +265,12 @@ def test_pool_multi_query_by_hand():
     qf = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [3.0, 3.0, 3.0]], np.float32)
     mqf = np.array([[3.0, 2.0, 0.0], [-1.0, 4.0, 1.0], [5.0, 0.0, 0.0]], np.float32)
     groups = [np.array([0, 1]), np.array([2]), np.array([], np.int64)]
-    avg = evaluation.pool_multi_query(qf, mqf, groups, "avg")
+    avg = pool_multi_query(qf, mqf, groups, "avg")
     np.testing.assert_allclose(avg, [[1.0, 2.0, 1.0], [2.5, 0.5, 0.0], [3.0, 3.0, 3.0]])
-    biggest = evaluation.pool_multi_query(qf, mqf, groups, "max")
+    biggest = pool_multi_query(qf, mqf, groups, "max")
     np.testing.assert_array_equal(biggest, [[3.0, 4.0, 2.0], [5.0, 1.0, 0.0], [3.0, 3.0, 3.0]])
     with pytest.raises(ValueError, match="avg"):
-        evaluation.pool_multi_query(qf, mqf, groups, "median")
+        pool_multi_query(qf, mqf, groups, "median")
 
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
@@ -291,8 +311,8 @@ def test_cli_multi_query_from_a_feature_file(generated_market, tmp_path, mode):
             for i, group in enumerate(EXPECTED_GROUPS)
         ]
     )
-    _, qp, qc = evaluation.item_arrays(split.query)
-    _, gp, gc = evaluation.item_arrays(split.gallery)
+    _, qp, qc = item_arrays(split.query)
+    _, gp, gc = item_arrays(split.gallery)
     expected = brute_force(distances(normalized(pooled), normalized(feats["gallery"])), qp, gp, qc, gc)
     for key, value in expected.items():
         assert results["results"]["without_rerank"][key] == pytest.approx(value, abs=1e-6), key

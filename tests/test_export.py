@@ -1,154 +1,37 @@
 """Export to SavedModel / TFLite / ONNX, parity with Keras, TF Serving's loader and request formats.
 
-One export of every format per session (`exported`, shared with test_inference.py): `python -m export` on
-a run directory of a fresh MGN at 96x32 with distinct branch weights, flip-averaging and L2 normalisation
-baked in. The truth is the Keras model rebuilt from the same weights file, run on real mini_market1501
-images in this process.
+The session's one export (`exported`, conftest.py and tests/helpers/exported.py, shared with
+test_inference.py): `python -m export` on a checkpoint of a run directory of a fresh MGN at 96x32 with
+distinct branch weights, flip-averaging and L2 normalisation baked in. The truth is the Keras model
+rebuilt from the same weights, run on real mini_market1501 images in this process.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.exported import EMBEDDING_DIM, ENV, INPUT_SIZE, REPO, assert_close
 
-from export import exporter, parity, saved_model
-from export.perturb import distinct_fresh_model
-from export.serving import common, grpc_client, rest_client
 from mgn_tf import inference
+from mgn_tf.export import parity, saved_model
 from mgn_tf.images import load_images
-from mgn_tf.model import build_mgn, embedding_model
+from mgn_tf.serving import common, grpc_client, rest_client
 
 # One worker runs this module and the other one of the pair (test_export.py, test_inference.py): one export.
 pytestmark = pytest.mark.xdist_group("export")
-
-INPUT_SIZE = (96, 32)
-NUM_CLASSES = 4
-EMBEDDING_DIM = 2048
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-_CACHE: dict[str, object] = {}
-
-
-@dataclass
-class Exported:
-    run_dir: Path
-    out: Path
-    stdout: str
-    report: dict
-    seconds: float
-
-    @property
-    def saved_model(self) -> Path:
-        return self.out / "mgn" / "1"
-
-
-def _make_run_dir(root: Path) -> Path:
-    """A training run's layout: config.json, final.weights.h5 and one checkpoint (hard link)."""
-    run = root / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    model = distinct_fresh_model(NUM_CLASSES, (*INPUT_SIZE, 3), seed=0)
-    model.save_weights(run / "final.weights.h5")
-    os.link(run / "final.weights.h5", run / "checkpoints" / "epoch_001.weights.h5")
-    config = {"num_classes": NUM_CLASSES, "input_height": INPUT_SIZE[0], "input_width": INPUT_SIZE[1]}
-    (run / "config.json").write_text(json.dumps({**config, "epochs": 1}))
-    return run
-
-
-def export_once(tmp_path_factory, mini_market_dir: Path) -> Exported:
-    """Runs `python -m export` once per session (cached here: test_inference.py calls it too)."""
-    if "exported" not in _CACHE:
-        root = tmp_path_factory.mktemp("export")
-        run = _make_run_dir(root)
-        out = root / "out"
-        command = [
-            sys.executable,
-            "-m",
-            "export",
-            "--weights",
-            str(run),
-            "--out",
-            str(out),
-            "--bake_flip_norm",
-            "--parity_images",
-            str(mini_market_dir / "bounding_box_test"),
-            "--speed_seconds",
-            "0",
-        ]
-        start = time.perf_counter()
-        result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1200)
-        seconds = time.perf_counter() - start
-        assert result.returncode == 0, f"export failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-        report = json.loads((out / exporter.REPORT_NAME).read_text())
-        _CACHE["exported"] = Exported(run, out, result.stdout, report, seconds)
-    return _CACHE["exported"]
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory, mini_market_dir) -> Exported:
-    return export_once(tmp_path_factory, mini_market_dir)
-
-
-class KerasTruth:
-    """The Keras embedding model rebuilt from the run's weights (independent of mgn_tf.inference)."""
-
-    def __init__(self, weights: Path):
-        model = build_mgn(NUM_CLASSES, (*INPUT_SIZE, 3))
-        model.load_weights(weights)
-        self.model = embedding_model(model)
-
-    def __call__(self, pixels: np.ndarray, flip_norm: bool = False) -> np.ndarray:
-        features = self.model(pixels, training=False).numpy()
-        if flip_norm:
-            features = (features + self.model(pixels[:, :, ::-1], training=False).numpy()) / 2
-            features /= np.linalg.norm(features, axis=1, keepdims=True)
-        return features
-
-
-def truth_once(exported: Exported) -> KerasTruth:
-    if "truth" not in _CACHE:
-        _CACHE["truth"] = KerasTruth(exported.run_dir / "final.weights.h5")
-    return _CACHE["truth"]
-
-
-def query_images(mini_market_dir: Path) -> list[Path]:
-    """Real images the parity check of the export did not use (it used bounding_box_test)."""
-    return sorted((mini_market_dir / "query").glob("*.jpg"))[:6]
-
-
-@pytest.fixture(scope="session")
-def truth(exported) -> KerasTruth:
-    return truth_once(exported)
-
-
-@pytest.fixture(scope="session")
-def query_files(mini_market_dir) -> list[Path]:
-    return query_images(mini_market_dir)
 
 
 @pytest.fixture(scope="module")
 def serving_signature(exported):
     """`serving_default` loaded in-process, as TF Serving calls it."""
     return tf.saved_model.load(str(exported.saved_model)).signatures["serving_default"]
-
-
-def assert_close(actual: np.ndarray, expected: np.ndarray, precision: str = "float32") -> None:
-    assert actual.shape == expected.shape and actual.dtype == np.float32
-    if precision == "float32":
-        assert np.abs(actual - expected).max() <= parity.FLOAT32_MAX_ABS_DIFF
-    else:
-        assert parity.cosine_similarities(actual, expected).min() >= parity.REDUCED_MIN_COSINE
-    assert parity.min_pairwise_distance(actual) >= 0.5 * parity.min_pairwise_distance(expected)
 
 
 # --------------------------------------------------------------------------------------- the export tool
@@ -313,29 +196,33 @@ def test_saved_model_without_baked_flip_norm(tmp_path, truth, query_files):
     assert_close(plain, truth(pixels))
 
 
-def test_cli_requires_weights_and_out(tmp_path):
-    """The command (not the module, which tests import) requires --weights and --out."""
-    command = [sys.executable, "-m", "export", f"--out={tmp_path / 'o'}"]
-    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert "--weights" in result.stderr and "must have a value" in result.stderr
-    assert not (tmp_path / "o").exists()
-
-
-def test_cli_rejects_unknown_formats_and_variants(tmp_path):
-    from absl import app, flags
-
-    from export import __main__ as cli
-
-    for flag, expected in (("--formats=savedmodel,pytorch", "savedmodel,tflite,onnx"),
-                           ("--tflite_variants=fp32,int4", "fp32,fp16,int8")):  # fmt: skip
-        flags.FLAGS(["export", f"--weights={tmp_path}", f"--out={tmp_path / 'o'}", flag])
-        try:
-            with pytest.raises(app.UsageError, match=expected):
-                cli.main(["export"])
-        finally:
-            flags.FLAGS.unparse_flags()
-    assert not (tmp_path / "o").exists()
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "--weights: required"),
+        (["--weights={run}"], "--out: required"),
+        (["--weights={run}", "--out={out}", "--formats=savedmodel,pytorch"], "savedmodel,tflite,onnx"),
+        (["--weights={run}", "--out={out}", "--tflite_variants=fp32,int4"], "fp32,fp16,int8"),
+        (["--weights={run}", "--out={out}", "--input_height=100"], "multiple of 96"),
+        (["--weights={run}/nothing", "--out={out}"], "--weights="),
+        (["--weights={run}", "--out={out}", "--no_such_flag"], "no_such_flag"),
+    ],
+)
+def test_cli_usage_errors_exit_2_before_any_work(tmp_path, exported, args, expected):
+    """Bad or missing flags: one line naming the flag, exit code 2 (1 is kept for a broken parity bound)."""
+    out = tmp_path / "o"
+    args = [a.format(run=exported.run_dir, out=out) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "export", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------ parity bounds

@@ -1,7 +1,7 @@
 """mgn_tf.inference.load(...).embed(...) over every format, against the Keras model on real images.
 
-Uses the session's single export (see test_export.py: one tf2onnx conversion per session), exported with
-flip-averaging and L2 normalisation baked in.
+Uses the session's single export (`exported` in conftest.py: one tf2onnx conversion per session),
+exported with flip-averaging and L2 normalisation baked in, and its run directory.
 """
 
 from __future__ import annotations
@@ -13,16 +13,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import test_export as shared
+from helpers.exported import INPUT_SIZE, assert_close
 
-from mgn_tf import inference
+from mgn_tf import artifacts, inference
 from mgn_tf.images import ImageReadError, load_images
 
 # One worker runs this module and the other one of the pair (test_export.py, test_inference.py): one export.
 pytestmark = pytest.mark.xdist_group("export")
-
-INPUT_SIZE = shared.INPUT_SIZE
-assert_close = shared.assert_close
 
 ARTEFACTS = {
     # name: (path under the export dir, format, precision); all exported with flip/normalisation baked in
@@ -32,21 +29,6 @@ ARTEFACTS = {
     "tflite_int8": ("mgn_int8.tflite", "tflite", "int8"),
     "onnx": ("mgn.onnx", "onnx", "float32"),
 }
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory, mini_market_dir) -> shared.Exported:
-    return shared.export_once(tmp_path_factory, mini_market_dir)  # the session's one export
-
-
-@pytest.fixture(scope="session")
-def truth(exported) -> shared.KerasTruth:
-    return shared.truth_once(exported)
-
-
-@pytest.fixture(scope="session")
-def query_files(mini_market_dir) -> list[Path]:
-    return shared.query_images(mini_market_dir)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +46,12 @@ def test_exported_artefact_embeds_like_keras(name, exported, truth, query_files)
     assert_close(features, truth(load_images(query_files, INPUT_SIZE), flip_norm=True), precision)
 
 
-@pytest.mark.parametrize("source", ["run_dir", "checkpoint"])
+@pytest.mark.parametrize("source", ["run_dir", "checkpoint", "checkpoint_weights"])
 def test_keras_run_embeds_like_keras(source, exported, truth, query_files):
     path = {
         "run_dir": exported.run_dir,  # final.weights.h5 + config.json
-        "checkpoint": exported.run_dir / "checkpoints" / "epoch_001.weights.h5",  # config.json in parent
+        "checkpoint": exported.checkpoint,  # checkpoints/step_N/: config.json two folders up
+        "checkpoint_weights": exported.checkpoint / "trainer.weights.h5",
     }[source]
     flip_norm = source == "checkpoint"
     embedder = inference.load(path, flip_norm=flip_norm)
@@ -80,11 +63,11 @@ def test_keras_run_embeds_like_keras(source, exported, truth, query_files):
 def test_saved_model_paths_resolve_to_the_highest_version(exported, tmp_path):
     version_dir = exported.out / "mgn" / "1"
     for path in (exported.out, exported.out / "mgn", version_dir):
-        assert inference.find_saved_model(path) == version_dir
+        assert artifacts.find_saved_model(path) == version_dir
     for version in ("2", "10"):
         (tmp_path / "m" / version).mkdir(parents=True)
         (tmp_path / "m" / version / "saved_model.pb").write_bytes(b"")
-    assert inference.find_saved_model(tmp_path / "m") == tmp_path / "m" / "10"
+    assert artifacts.find_saved_model(tmp_path / "m") == tmp_path / "m" / "10"
 
 
 def test_array_input_uint8_and_float_agree(onnx_embedder):
@@ -150,7 +133,7 @@ def test_unreadable_image_file_is_named(onnx_embedder, tmp_path, query_files):
 
 
 def test_load_errors(exported, tmp_path):
-    with pytest.raises(ValueError, match="exported for 96x32 images, not 192x64"):
+    with pytest.raises(inference.InputSizeError, match="exported for 96x32 images, not 192x64"):
         inference.load(exported.out / "mgn.onnx", input_size=(192, 64))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         inference.load(tmp_path / "nothing")
@@ -171,7 +154,8 @@ def test_load_errors(exported, tmp_path):
 
 def test_formats_are_detected(exported):
     out: Path = exported.out
-    assert inference.detect_format(exported.run_dir) == "keras"
-    assert inference.detect_format(out / "mgn") == "savedmodel"
-    assert inference.detect_format(out / "mgn_int8.tflite") == "tflite"
-    assert inference.detect_format(out / "mgn.onnx") == "onnx"
+    assert artifacts.detect_format(exported.run_dir) == "keras"
+    assert artifacts.detect_format(exported.checkpoint) == "keras"
+    assert artifacts.detect_format(out / "mgn") == "savedmodel"
+    assert artifacts.detect_format(out / "mgn_int8.tflite") == "tflite"
+    assert artifacts.detect_format(out / "mgn.onnx") == "onnx"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.protocol import brute_force_metrics
 
-from mgn_tf.metrics import (
+from mgn_tf.evaluation.metrics import (
     FeatureDistance,
     RankingAccumulator,
     _sortable_u32,
-    cmc_map,
-    cmc_map_from_features,
     evaluate_ranking,
-    market1501_official_map,
+    l2_normalize,
     pairwise_distance,
 )
 
@@ -23,33 +22,12 @@ def _case(vectors, k: int) -> dict[str, np.ndarray]:
     }
 
 
-def _brute_force(dist, qp, gp, qc, gc, max_rank=50):
-    """Per-query pure-Python protocol: stable sort, drop junk, precision at each match."""
-    cmcs, aps, inps = [], [], []
-    for i in range(dist.shape[0]):
-        order = sorted(range(dist.shape[1]), key=lambda j: float(dist[i, j]))  # Python sort is stable
-        kept = [j for j in order if not (gp[j] == -1 or (gp[j] == qp[i] and gc[j] == qc[i]))]
-        hits = [gp[j] == qp[i] for j in kept]
-        if not any(hits):
-            continue
-        found, precisions = 0, []
-        for rank, hit in enumerate(hits, 1):
-            if hit:
-                found += 1
-                precisions.append(found / rank)
-                last = rank
-        first = hits.index(True) + 1
-        cmcs.append([1.0 if first <= r else 0.0 for r in range(1, max_rank + 1)])
-        aps.append(sum(precisions) / found)
-        inps.append(found / last)
-    return np.mean(cmcs, axis=0), float(np.mean(aps)), float(np.mean(inps)), len(aps)
-
-
 @pytest.mark.parametrize("k", range(4))
 def test_reference_vectors(reid_vectors, k):
     c = _case(reid_vectors, k)
     for dist, cmc_ref, map_ref in ((c["qg"], c["cmc"], c["mAP"]), (c["rr"], c["cmc_rr"], c["mAP_rr"])):
-        cmc, mean_ap = cmc_map(dist, c["qp"], c["gp"], c["qc"], c["gc"], max_rank=50)
+        result = evaluate_ranking(dist, c["qp"], c["gp"], c["qc"], c["gc"], max_rank=50)
+        cmc, mean_ap = result["cmc"], result["mAP"]
         assert cmc.shape == (50,)
         np.testing.assert_allclose(cmc, cmc_ref, rtol=0, atol=1e-6)
         assert abs(mean_ap - float(map_ref)) < 1e-6
@@ -66,7 +44,8 @@ def test_chunked_equals_unchunked_and_features(reid_vectors, k):
     via_callable = evaluate_ranking(lambda rows: c["qg"][rows], *ids, chunk_size=9)
     assert all(np.array_equal(full[key], via_callable[key]) for key in full)
     # distances recomputed from the features rank the gallery the same way as the reference qg
-    feats = cmc_map_from_features(c["qf"], c["gf"], *ids, metric="euclidean", normalize=False, chunk_size=5)
+    rows = FeatureDistance(c["qf"], c["gf"], "euclidean", normalize=False)
+    feats = evaluate_ranking(rows, *ids, chunk_size=5)
     np.testing.assert_allclose(feats["cmc"], c["cmc"], atol=1e-6)
     assert abs(feats["mAP"] - float(c["mAP"])) < 1e-6
 
@@ -78,7 +57,7 @@ def test_features_chunked_equals_dense():
     qc, gc = rng.integers(0, 3, 40), rng.integers(0, 3, 90)
     for metric in ("euclidean", "cosine"):
         dense = evaluate_ranking(pairwise_distance(qf, gf, metric), qp, gp, qc, gc)
-        chunked = cmc_map_from_features(qf, gf, qp, gp, qc, gc, metric=metric, chunk_size=7)
+        chunked = evaluate_ranking(FeatureDistance(qf, gf, metric), qp, gp, qc, gc, chunk_size=7)
         assert all(np.array_equal(dense[key], chunked[key]) for key in dense)
 
 
@@ -132,14 +111,11 @@ def test_hand_example_all_metrics():
     np.testing.assert_allclose(res["cmc"], [0.5, 1, 1, 1, 1], atol=1e-12)
     assert res["mAP"] == pytest.approx(0.75, abs=1e-12)
     assert res["mINP"] == pytest.approx(0.75, abs=1e-12)
-    official = market1501_official_map(HAND_D, HAND_QP, HAND_GP, HAND_QC, HAND_GC)
-    assert official == pytest.approx(4 / 9, abs=1e-12)
     assert res["mAP_official"] == pytest.approx(4 / 9, abs=1e-12)
     # query A alone: official 1/3 vs non-interpolated 0.5
-    assert market1501_official_map(HAND_D[:1], HAND_QP[:1], HAND_GP, HAND_QC[:1], HAND_GC) == pytest.approx(
-        1 / 3
-    )
-    assert cmc_map(HAND_D[:1], HAND_QP[:1], HAND_GP, HAND_QC[:1], HAND_GC)[1] == pytest.approx(0.5)
+    alone = evaluate_ranking(HAND_D[:1], HAND_QP[:1], HAND_GP, HAND_QC[:1], HAND_GC)
+    assert alone["mAP_official"] == pytest.approx(1 / 3)
+    assert alone["mAP"] == pytest.approx(0.5)
     # max_rank larger than the gallery is clamped to G
     assert evaluate_ranking(HAND_D, HAND_QP, HAND_GP, HAND_QC, HAND_GC)["cmc"].shape == (7,)
 
@@ -160,11 +136,11 @@ def test_ties_keep_gallery_order():
     gp, gc = np.array([2, 1]), np.array([1, 1])
     d = np.array([[0.5, 0.5]], dtype=np.float32)
     # equal distances: gallery order -> negative first, match at rank 2
-    assert cmc_map(d, np.array([1]), gp, np.array([0]), gc)[1] == pytest.approx(0.5)
-    assert cmc_map(d, np.array([1]), gp[::-1], np.array([0]), gc)[1] == pytest.approx(1.0)
+    assert evaluate_ranking(d, np.array([1]), gp, np.array([0]), gc)["mAP"] == pytest.approx(0.5)
+    assert evaluate_ranking(d, np.array([1]), gp[::-1], np.array([0]), gc)["mAP"] == pytest.approx(1.0)
     # -0.0 and 0.0 are equal distances too
     d0 = np.array([[0.0, -0.0]], dtype=np.float32)
-    assert cmc_map(d0, np.array([1]), gp, np.array([0]), gc)[1] == pytest.approx(0.5)
+    assert evaluate_ranking(d0, np.array([1]), gp, np.array([0]), gc)["mAP"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64])
@@ -174,12 +150,12 @@ def test_random_with_ties_and_negatives_vs_brute_force(dtype):
     dist = rng.integers(-6, 7, size=(q, g)).astype(dtype)  # many ties, negative values
     qp, gp = rng.integers(1, 6, q), rng.integers(-1, 6, g)
     qc, gc = rng.integers(0, 3, q), rng.integers(0, 3, g)
-    cmc_ref, map_ref, inp_ref, nvalid = _brute_force(dist, qp, gp, qc, gc, max_rank=20)
+    expected = brute_force_metrics(dist, qp, gp, qc, gc, max_rank=20)
     res = evaluate_ranking(dist, qp, gp, qc, gc, max_rank=20, chunk_size=4)
-    assert res["num_valid_queries"] == nvalid
-    np.testing.assert_allclose(res["cmc"], cmc_ref, atol=1e-12)
-    assert res["mAP"] == pytest.approx(map_ref, abs=1e-12)
-    assert res["mINP"] == pytest.approx(inp_ref, abs=1e-12)
+    assert res["num_valid_queries"] == expected["num_valid_queries"]
+    np.testing.assert_allclose(res["cmc"], expected["cmc"], atol=1e-12)
+    assert res["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    assert res["mINP"] == pytest.approx(expected["mINP"], abs=1e-12)
 
 
 def test_sortable_keys_order():
@@ -197,9 +173,9 @@ def test_query_without_match_is_skipped():
 
 def test_all_invalid_raises():
     with pytest.raises(ValueError, match="no query has a true match"):
-        cmc_map(HAND_D[1:2], HAND_QP[1:2], HAND_GP, HAND_QC[1:2], HAND_GC)
+        evaluate_ranking(HAND_D[1:2], HAND_QP[1:2], HAND_GP, HAND_QC[1:2], HAND_GC)
     with pytest.raises(ValueError, match="shape"):
-        cmc_map(HAND_D[:, :3], HAND_QP, HAND_GP, HAND_QC, HAND_GC)
+        evaluate_ranking(HAND_D[:, :3], HAND_QP, HAND_GP, HAND_QC, HAND_GC)
 
 
 def test_accumulator_any_order_and_missing_rows():
@@ -209,3 +185,11 @@ def test_accumulator_any_order_and_missing_rows():
         acc.result()
     acc.update(slice(1, 2), HAND_D[1:2])
     assert acc.result()["mAP"] == pytest.approx(0.75)
+
+
+def test_l2_normalize_by_hand():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]], np.float32)
+    out = l2_normalize(x)
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], rtol=1e-6)
+    assert out.dtype == np.float32 and l2_normalize(x.astype(np.float16)).dtype == np.float32
+    assert l2_normalize(x.astype(np.float64)).dtype == np.float64

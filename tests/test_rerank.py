@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mgn_tf.rerank as rerank
-from mgn_tf.metrics import RankingAccumulator, evaluate_ranking, pairwise_distance
-from mgn_tf.rerank import iter_re_ranking_features, re_ranking, re_ranking_features
+import mgn_tf.evaluation.rerank as rerank
+from mgn_tf.evaluation.metrics import RankingAccumulator, evaluate_ranking, pairwise_distance
+from mgn_tf.evaluation.rerank import re_ranking, re_ranking_features
+
+
+def features_dense(qf, gf, *args, **kwargs) -> np.ndarray:
+    """The [Q, G] result of `re_ranking_features`, assembled from its chunks."""
+    out = np.full((len(qf), len(gf)), np.nan, np.float32)
+    for rows, chunk in re_ranking_features(qf, gf, *args, **kwargs):
+        out[rows] = chunk
+    return out
 
 
 def _params(vectors, k: int) -> tuple[int, int, float]:
@@ -79,13 +87,13 @@ def test_dense_matches_reference_vectors(reid_vectors, k):
 def test_features_match_reference_vectors(reid_vectors, k, monkeypatch):
     qf, gf, rr = reid_vectors[f"c{k}_qf"], reid_vectors[f"c{k}_gf"], reid_vectors[f"c{k}_rr"]
     params = _params(reid_vectors, k)
-    out = re_ranking_features(qf, gf, *params, chunk_size=17, backend="numpy")
+    out = features_dense(qf, gf, *params, chunk_size=17, backend="numpy")
     np.testing.assert_allclose(out, rr, rtol=0, atol=1e-5)
     # multi-block symmetric kNN with frequent candidate merges, and no query x gallery cache
     monkeypatch.setattr(rerank, "_KNN_BLOCK", 37)
     monkeypatch.setattr(rerank, "_MERGE_ELEMS", 300)
     monkeypatch.setattr(rerank, "_CACHE_ELEMS", 0)
-    out = re_ranking_features(qf, gf, *params, chunk_size=1000, backend="numpy")
+    out = features_dense(qf, gf, *params, chunk_size=1000, backend="numpy")
     np.testing.assert_allclose(out, rr, rtol=0, atol=1e-5)
 
 
@@ -96,12 +104,12 @@ def test_loop_reference_dense_and_sparse_agree(k1, k2, lam, monkeypatch):
     expected = _loop_reference(qg, qq, gg, k1, k2, lam)
     dense = re_ranking(qg, qq, gg, k1, k2, lam, chunk_size=13)
     np.testing.assert_allclose(dense, expected, rtol=0, atol=1e-5)
-    sparse = re_ranking_features(qf, gf, k1, k2, lam, backend="numpy")
+    sparse = features_dense(qf, gf, k1, k2, lam, backend="numpy")
     np.testing.assert_allclose(sparse, dense, rtol=0, atol=1e-5)
     monkeypatch.setattr(rerank, "_KNN_BLOCK", 50)
     monkeypatch.setattr(rerank, "_MERGE_ELEMS", 1000)
     monkeypatch.setattr(rerank, "_JOIN_ELEMS", 500)
-    sparse_small = re_ranking_features(qf, gf, k1, k2, lam, chunk_size=7, backend="numpy")
+    sparse_small = features_dense(qf, gf, k1, k2, lam, chunk_size=7, backend="numpy")
     np.testing.assert_allclose(sparse_small, dense, rtol=0, atol=1e-5)
 
 
@@ -118,27 +126,22 @@ def test_tiny_problem_smaller_than_k1():
     qg, qq, gg = _dists(qf, gf)
     expected = _loop_reference(qg, qq, gg, 20, 20, 0.3)
     np.testing.assert_allclose(re_ranking(qg, qq, gg, 20, 20, 0.3), expected, atol=1e-5)
-    np.testing.assert_allclose(re_ranking_features(qf, gf, 20, 20, 0.3), expected, atol=1e-5)
+    np.testing.assert_allclose(features_dense(qf, gf, 20, 20, 0.3), expected, atol=1e-5)
 
 
-def test_chunk_callback_and_iterator_feed_metrics():
+def test_chunks_cover_the_queries_in_order_and_feed_metrics():
     qf, gf, qp, gp, qc, gc = _clustered(seed=9)
-    full = re_ranking_features(qf, gf, k1=10, k2=3, lambda_value=0.4)
-    got = np.full_like(full, np.nan)
-    seen: list[slice] = []
-
-    def keep(rows: slice, chunk: np.ndarray) -> None:
-        seen.append(rows)
-        got[rows] = chunk
-
-    assert re_ranking_features(qf, gf, 10, 3, 0.4, chunk_size=16, chunk_callback=keep) is None
-    assert [(s.start, s.stop) for s in seen] == [(0, 16), (16, 32), (32, 48), (48, 60)]
-    np.testing.assert_array_equal(got, full)
+    qg, qq, gg = _dists(qf, gf)
+    full = re_ranking(qg, qq, gg, k1=10, k2=3, lambda_value=0.4)
     acc = RankingAccumulator(qp, gp, qc, gc)
-    for rows, chunk in iter_re_ranking_features(qf, gf, 10, 3, 0.4, chunk_size=25):
+    seen = []
+    for rows, chunk in re_ranking_features(qf, gf, 10, 3, 0.4, chunk_size=16):
         assert chunk.dtype == np.float32 and chunk.shape == (rows.stop - rows.start, gf.shape[0])
+        np.testing.assert_allclose(chunk, full[rows], rtol=0, atol=1e-5)
+        seen.append((rows.start, rows.stop))
         acc.update(rows, chunk)
-    expected = evaluate_ranking(full, qp, gp, qc, gc)
+    assert seen == [(0, 16), (16, 32), (32, 48), (48, 60)]
+    expected = evaluate_ranking(features_dense(qf, gf, 10, 3, 0.4), qp, gp, qc, gc)
     result = acc.result()
     assert all(np.array_equal(expected[key], result[key]) for key in expected)
 
@@ -156,6 +159,8 @@ def test_input_validation():
         re_ranking(np.where(qg > qg.mean(), np.nan, qg), qq, gg)
     with pytest.raises(ValueError, match="NaN"):
         re_ranking_features(np.full_like(qf, np.nan), gf)
+    with pytest.raises(ValueError, match="k1 and k2"):
+        next(re_ranking_features(qf, gf, k1=0))
     with pytest.raises(ValueError, match="backend"):
         re_ranking_features(qf, gf, backend="gpu")
     try:

@@ -1,1 +1,1 @@
-"""TF Serving: an example models.config and REST / gRPC clients for the exported SavedModel."""
+"""TF Serving: models.config and the REST / gRPC clients (library code: mgn_tf.serving)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from onnx import ModelProto, StringStringEntryProto
 
-from mgn_tf.inference import EMBED_SIGNATURE, EXPORT_INFO_NAME
+from mgn_tf.artifacts import EMBED_SIGNATURE, EXPORT_INFO_NAME
 
 DEFAULT_OPSET = 17
 LEAN_ENV = {"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}

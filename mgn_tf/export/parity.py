@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from mgn_tf.files import IMAGE_EXTENSIONS, image_files
 from mgn_tf.images import load_images
 
 FLOAT32_MAX_ABS_DIFF = 1e-4
 REDUCED_MIN_COSINE = 0.999
 MIN_SPREAD_RATIO = 0.5
 MIN_REFERENCE_SPREAD = 1e-6
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 @dataclass
@@ -46,9 +46,7 @@ def parity_batch(size: tuple[int, int], image_dir: str | Path | None = None, cou
         raise ValueError(f"the parity batch needs at least 2 images, got count={count}")
     if image_dir is None:
         return _generated_batch(size, count, seed)
-    files = sorted(
-        p for p in Path(image_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    files = image_files(image_dir)
     chosen, encoded, seen = [], [], set()
     for path in files:
         data = path.read_bytes()
@@ -60,7 +58,8 @@ def parity_batch(size: tuple[int, int], image_dir: str | Path | None = None, cou
         if len(chosen) == count:
             break
     if len(chosen) < count:
-        raise ValueError(f"{image_dir} holds {len(chosen)} distinct images ({IMAGE_SUFFIXES}); need {count}")
+        kinds = ", ".join(IMAGE_EXTENSIONS)
+        raise ValueError(f"{image_dir} holds {len(chosen)} distinct images ({kinds}); need {count}")
     return ParityBatch(load_images(chosen, size), encoded, f"{len(chosen)} images from {image_dir}")
 
 

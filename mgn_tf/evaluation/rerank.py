@@ -2,9 +2,9 @@
 
 :func:`re_ranking` takes the three Euclidean (not squared) distance matrices and reproduces the published
 reference function; it reads O block by block from its inputs instead of building N x N work arrays.
-:func:`re_ranking_features` / :func:`iter_re_ranking_features` take features and never build an ``N x N``
-matrix (N = Q + G): neighbour lists come from a blocked, symmetric top-k pass over the squared distances,
-the encoding V is a CSR matrix, and the output is produced chunk by chunk of queries.
+:func:`re_ranking_features` takes features and never builds an ``N x N`` matrix (N = Q + G): neighbour
+lists come from a blocked, symmetric top-k pass over the squared distances, the encoding V is a CSR
+matrix, and the output is produced chunk by chunk of queries.
 
 Semantics of the reference (all reproduced): D = squared distances over all N items; the "original
 distance" is ``O[i, j] = D[j, i] / max_k D[k, i]`` (column-max normalisation, then transposed; for a
@@ -26,13 +26,13 @@ separately computed distance matrices.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-from mgn_tf.metrics import _as_float
+from mgn_tf.evaluation.metrics import _as_float
 
 Backend = Literal["auto", "numpy", "faiss"]
 
@@ -344,7 +344,7 @@ def _resolve_backend(backend: Backend, dtype: np.dtype) -> str:
     """Backends: "auto" / "numpy" = the symmetric numpy kNN; "faiss" (opt-in) = two flat searches.
 
     The numpy path computes each pair distance once (half a dense pass); faiss needs a full nearest and a
-    full farthest-neighbour pass and measured ~4.6x slower at Market-1501 size on 2 CPU cores.
+    full farthest-neighbour pass, which makes it the slower one on CPU at Market-1501 size.
     """
     if backend not in ("auto", "numpy", "faiss"):
         raise ValueError(f"backend must be 'auto', 'numpy' or 'faiss', got {backend!r}")
@@ -483,24 +483,6 @@ def re_ranking(
     return out
 
 
-def iter_re_ranking_features(
-    qf: np.ndarray,
-    gf: np.ndarray,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
-    chunk_size: int = 256,
-    backend: Backend = "auto",
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield ``(query_rows, rerank_dist[query_rows])`` (float32 ``[rows, G]``) from features.
-
-    Euclidean distances of the raw features (normalise them beforehand if wanted). Memory is O(N * k)
-    for the sparse encoding plus one ``[rows, N]`` distance block; no ``N x N`` array is formed.
-    ``backend``: "auto" / "numpy" (blocked symmetric kNN in numpy) or "faiss" (opt-in, float32 search).
-    """
-    return _rerank_chunks(_FeatureSource(qf, gf, backend), k1, k2, lambda_value, chunk_size)
-
-
 def re_ranking_features(
     qf: np.ndarray,
     gf: np.ndarray,
@@ -509,19 +491,13 @@ def re_ranking_features(
     lambda_value: float = 0.3,
     chunk_size: int = 256,
     backend: Backend = "auto",
-    chunk_callback: Callable[[slice, np.ndarray], None] | None = None,
-) -> np.ndarray | None:
-    """Re-ranked ``[Q, G]`` float32 distance from features, equal to :func:`re_ranking` on their distances.
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yields ``(query_rows, rerank_dist[query_rows])`` (float32 ``[rows, G]``) from features.
 
-    With ``chunk_callback`` the result is not assembled: ``chunk_callback(rows, chunk)`` is called per query
-    chunk (e.g. ``RankingAccumulator.update``) and None is returned, so the ``Q x G`` output never exists.
+    Equal to :func:`re_ranking` on the Euclidean distances of the raw features (normalise them beforehand
+    if wanted). Memory is O(N * k) for the sparse encoding plus one ``[rows, N]`` distance block; no
+    ``N x N`` array is formed, and the ``Q x G`` result exists only if the caller assembles the chunks
+    (feed them to `RankingAccumulator.update` to evaluate without it).
+    ``backend``: "auto" / "numpy" (blocked symmetric kNN in numpy) or "faiss" (opt-in, float32 search).
     """
-    chunks = iter_re_ranking_features(qf, gf, k1, k2, lambda_value, chunk_size, backend)
-    if chunk_callback is not None:
-        for rows, chunk in chunks:
-            chunk_callback(rows, chunk)
-        return None
-    out = np.empty((np.shape(qf)[0], np.shape(gf)[0]), dtype=np.float32)
-    for rows, chunk in chunks:
-        out[rows] = chunk
-    return out
+    return _rerank_chunks(_FeatureSource(qf, gf, backend), k1, k2, lambda_value, chunk_size)

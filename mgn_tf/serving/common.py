@@ -7,10 +7,13 @@ not need TensorFlow.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from mgn_tf.files import image_files as _folder_images
 
 # Formats tf.io.decode_image (the server's decoder) reads, by their leading bytes (JPEG XL left out).
 _SIGNATURES = {
@@ -20,7 +23,6 @@ _SIGNATURES = {
     b"GIF89a": "GIF",
     b"BM": "BMP",
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
 class UnreadableImageError(ValueError):
@@ -28,7 +30,9 @@ class UnreadableImageError(ValueError):
 
 
 def image_format(data: bytes) -> str | None:
-    """ "JPEG", "PNG", "GIF" or "BMP" from the leading bytes, else None."""
+    """ "JPEG", "PNG", "GIF", "BMP" or "WEBP" from the leading bytes, else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
     return next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
@@ -42,7 +46,7 @@ def read_image_file(path: str | os.PathLike) -> bytes:
     kind = image_format(data)
     if kind is None:
         raise UnreadableImageError(
-            f"{path} is not a JPEG, PNG, GIF or BMP image (the formats the server decodes)"
+            f"{path} is not a JPEG, PNG, GIF, BMP or WebP image (the formats the server decodes)"
         )
     try:
         from PIL import Image
@@ -61,7 +65,7 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += _folder_images(item)
         else:
             files.append(item)
     return files
@@ -96,25 +100,32 @@ def print_results(
             print(f"  {rank:2d}. {s:.4f}  {gallery_files[i]}")
 
 
-def define_client_flags(default_server: str, server_help: str) -> None:
-    """absl flags shared by the REST and gRPC clients."""
+def define_client_flags(default_server: str, server_help: str) -> list[str]:
+    """absl flags shared by the REST and gRPC clients; returns their names."""
     from absl import flags
 
+    before = set(flags.FLAGS)
     flags.DEFINE_string("server", default_server, server_help)
     flags.DEFINE_string("model_name", "mgn", "Served model name.")
     flags.DEFINE_integer("version", None, "Model version (default: the latest).")
     flags.DEFINE_string("gallery", None, "Gallery folder: rank it by cosine similarity for each query.")
     flags.DEFINE_integer("top_k", 5, "Gallery matches to print per query.")
     flags.DEFINE_integer("batch_size", 32, "Images per request.")
+    return [name for name in flags.FLAGS if name not in before]
 
 
-def run_client(argv: list[str], embed_files, errors: tuple[type[BaseException], ...] = ()) -> None:
-    """Client entry: embed the query files (and a gallery folder), print embeddings or a ranking."""
-    from absl import app, flags
+def run_client(argv: list[str], embed_files, errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Client entry: embed the query files (and a gallery folder), print embeddings or a ranking.
+
+    Returns the exit code: 0, 1 when the server or a file fails, 2 without query files.
+    """
+    from absl import flags
+
+    from mgn_tf import cli
 
     files = image_files(argv[1:])
     if not files:
-        raise app.UsageError("give query image files or folders")
+        return cli.error("give query image files or folders")
     f = flags.FLAGS
     options = dict(server=f.server, model_name=f.model_name, version=f.version, batch_size=f.batch_size)
     try:
@@ -122,5 +133,7 @@ def run_client(argv: list[str], embed_files, errors: tuple[type[BaseException], 
         gallery_files = image_files([f.gallery]) if f.gallery else []
         gallery = embed_files(gallery_files, **options) if gallery_files else None
     except (RuntimeError, UnreadableImageError, *errors) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print_results(files, query, gallery_files, gallery, f.top_k)
+    return 0

@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from mgn_tf.files import atomic_path
+
 MATCH_RGB = (0, 170, 0)
 NON_MATCH_RGB = (220, 0, 0)
 QUERY_RGB = (40, 40, 40)
@@ -27,7 +29,8 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     return path
 
 

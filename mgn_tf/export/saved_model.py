@@ -14,7 +14,6 @@ twice (keras-team/keras#23553).
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -25,11 +24,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mgn_tf.artifacts import EMBED_SIGNATURE, INPUT_KEY, OUTPUT_KEY, SERVING_SIGNATURE, export_info_path
+from mgn_tf.files import atomic_write_json
 from mgn_tf.images import decode_and_resize
-from mgn_tf.inference import EMBED_SIGNATURE, EXPORT_INFO_NAME, OUTPUT_KEY
-
-SERVING_SIGNATURE = "serving_default"
-INPUT_KEY = "images"
 
 
 def flip_norm_embedding(model: keras.Model, images: tf.Tensor) -> tf.Tensor:
@@ -89,9 +86,9 @@ def export_saved_model(
         shutil.rmtree(target)
     module = EmbeddingModule(model, flip_norm)
     tf.saved_model.save(module, str(target), signatures=module.signatures())
-    extra = target / "assets.extra"
-    extra.mkdir(exist_ok=True)
-    (extra / EXPORT_INFO_NAME).write_text(json.dumps({**(info or {}), "flip_norm": flip_norm}, indent=2))
+    info_path = export_info_path(target)
+    info_path.parent.mkdir(exist_ok=True)
+    atomic_write_json(info_path, {**(info or {}), "flip_norm": flip_norm})
     return target
 
 

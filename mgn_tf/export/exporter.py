@@ -11,7 +11,6 @@ Layout of `out_dir`:
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import shutil
 import tempfile
@@ -24,12 +23,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export import onnx_model, parity, saved_model, tflite_model
-from mgn_tf.inference import EMBED_SIGNATURE, KerasEmbedder, load
+from mgn_tf.artifacts import (
+    EMBED_SIGNATURE,
+    EXPORT_FORMATS,
+    EXPORT_REPORT,
+    OUTPUT_KEY,
+    SERVING_SIGNATURE,
+    TFLITE_VARIANTS,
+)
+from mgn_tf.export import onnx_model, parity, saved_model, tflite_model
+from mgn_tf.files import atomic_write_json
+from mgn_tf.inference import KerasEmbedder, load
 from mgn_tf.model import embedding_model
 
-FORMATS: tuple[str, ...] = ("savedmodel", "tflite", "onnx")
-REPORT_NAME = "export_report.json"
 log = logging.getLogger(__name__)
 
 
@@ -67,11 +73,11 @@ class ExportReport:
 def export_all(
     model: keras.Model,
     out_dir: str | Path,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = EXPORT_FORMATS,
     model_name: str = "mgn",
     version: int = 1,
     flip_norm: bool = False,
-    tflite_variants: Sequence[str] = tuple(tflite_model.VARIANTS),
+    tflite_variants: Sequence[str] = tuple(TFLITE_VARIANTS),
     opset: int = onnx_model.DEFAULT_OPSET,
     parity_images: str | Path | None = None,
     parity_count: int = 8,
@@ -88,12 +94,12 @@ def export_all(
     and, when `session_loader_check`, through `saved_model_cli run` (TF Serving's session loader).
     Speeds are images/s at batch `parity_count`. Check `report.ok`; nothing raises for a broken bound.
     """
-    unknown = sorted(set(formats) - set(FORMATS))
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown or not formats:
-        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
-    bad_variants = sorted(set(tflite_variants) - set(tflite_model.VARIANTS))
+        raise ValueError(f"formats must be a non-empty subset of {EXPORT_FORMATS}, got {list(formats)}")
+    bad_variants = sorted(set(tflite_variants) - set(TFLITE_VARIANTS))
     if bad_variants:
-        raise ValueError(f"unknown TFLite variants {bad_variants}; choose from {list(tflite_model.VARIANTS)}")
+        raise ValueError(f"unknown TFLite variants {bad_variants}; choose from {list(TFLITE_VARIANTS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model.output, dict):
@@ -161,7 +167,7 @@ def export_all(
         for key, path in report.artefacts.items():
             if key.startswith("tflite_"):
                 variant = key.removeprefix("tflite_")
-                precision = tflite_model.VARIANTS[variant]
+                precision = TFLITE_VARIANTS[variant]
                 report.results.append(
                     _check(f"tflite/{variant}", precision, path, batch, reference, flip_norm, speed_seconds)
                 )
@@ -176,7 +182,7 @@ def export_all(
             conversion.cancel()  # a no-op once finished
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    (out_dir / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2))
+    atomic_write_json(out_dir / EXPORT_REPORT, report.to_dict())
     return report
 
 
@@ -204,7 +210,7 @@ def _check_saved_model(sm_dir, batch, reference, flip_norm, session_loader_check
     if session_loader_check:
         for signature, inputs in (
             (EMBED_SIGNATURE, batch.pixels),
-            (saved_model.SERVING_SIGNATURE, np.array(batch.encoded, dtype=object)),
+            (SERVING_SIGNATURE, np.array(batch.encoded, dtype=object)),
         ):
             outputs = saved_model.run_with_session_loader(sm_dir, signature, inputs)
             results.append(parity.compare(f"saved_model_cli run/{signature}", "float32", reference, outputs))
@@ -214,12 +220,12 @@ def _check_saved_model(sm_dir, batch, reference, flip_norm, session_loader_check
 
 def _check_serving_signature(sm_dir, batch, reference, speed_seconds) -> parity.ParityResult:
     """The image-bytes signature in-process, fed the encoded parity images."""
-    serving = tf.saved_model.load(str(sm_dir)).signatures[saved_model.SERVING_SIGNATURE]
+    serving = tf.saved_model.load(str(sm_dir)).signatures[SERVING_SIGNATURE]
     encoded = tf.constant(batch.encoded)
 
     def serve(_pixels: np.ndarray) -> np.ndarray:
-        return serving(images=encoded)[saved_model.OUTPUT_KEY].numpy()
+        return serving(images=encoded)[OUTPUT_KEY].numpy()
 
-    name = f"savedmodel/{saved_model.SERVING_SIGNATURE}"
+    name = f"savedmodel/{SERVING_SIGNATURE}"
     speed = parity.images_per_second(serve, batch.pixels, speed_seconds)
     return parity.compare(name, "float32", reference, serve(batch.pixels), None, speed)

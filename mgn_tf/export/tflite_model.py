@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tensorflow as tf
 
-from mgn_tf.inference import EMBED_SIGNATURE
-
-# variant -> the precision its parity bound applies to
-VARIANTS: dict[str, str] = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+from mgn_tf.artifacts import EMBED_SIGNATURE, TFLITE_VARIANTS, export_info_path
+from mgn_tf.files import atomic_write_bytes, atomic_write_json
 
 
 def convert(saved_model_dir: str | Path, variant: str = "fp32") -> bytes:
@@ -20,8 +17,8 @@ def convert(saved_model_dir: str | Path, variant: str = "fp32") -> bytes:
     int8: dynamic-range quantization (int8 weights, activations quantized on the fly per batch).
     The input keeps a dynamic batch dimension ([-1, H, W, 3] in its shape signature).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown TFLite variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r}; choose from {', '.join(TFLITE_VARIANTS)}")
     converter = tf.lite.TFLiteConverter.from_saved_model(
         str(saved_model_dir), signature_keys=[EMBED_SIGNATURE]
     )
@@ -35,6 +32,6 @@ def convert(saved_model_dir: str | Path, variant: str = "fp32") -> bytes:
 def export_tflite(saved_model_dir: str | Path, out_path: str | Path, variant: str, info: dict) -> Path:
     """Writes the `variant` conversion to `out_path` and the export info to `<out_path>.json`."""
     out_path = Path(out_path)
-    out_path.write_bytes(convert(saved_model_dir, variant))
-    out_path.with_name(out_path.name + ".json").write_text(json.dumps({**info, "variant": variant}, indent=2))
+    atomic_write_bytes(out_path, convert(saved_model_dir, variant))
+    atomic_write_json(export_info_path(out_path), {**info, "variant": variant})
     return out_path

@@ -33,7 +33,9 @@ def _as_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32 if x.dtype == np.float16 else np.float64)
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` scaled to unit L2 norm (norms accumulated in float64; zero rows stay zero)."""
+    x = _as_float(x)
     norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     return (x / np.maximum(norm, _EPS)[:, None]).astype(x.dtype, copy=False)
 
@@ -57,9 +59,9 @@ class FeatureDistance:
         dtype = np.result_type(qf, gf)
         qf, gf = qf.astype(dtype, copy=False), gf.astype(dtype, copy=False)
         if normalize:
-            qf, gf = _l2_normalize(qf), _l2_normalize(gf)
+            qf, gf = l2_normalize(qf), l2_normalize(gf)
         elif metric == "cosine":
-            qf, gf = _l2_normalize(qf), _l2_normalize(gf)
+            qf, gf = l2_normalize(qf), l2_normalize(gf)
         if metric == "euclidean" and not normalize:
             n = qf.shape[0] + gf.shape[0]
             mean = (qf.sum(0, dtype=np.float64) + gf.sum(0, dtype=np.float64)) / max(n, 1)
@@ -169,7 +171,7 @@ class RankingAccumulator:
     """Collects per-query ranking statistics from distance chunks; ``result()`` gives the metrics.
 
     ``update(rows, dist_chunk)`` takes the distances of the queries ``rows`` (a slice or index array) to
-    the whole gallery, so it can be used as a ``chunk_callback`` of :func:`mgn_tf.rerank.re_ranking_features`.
+    the whole gallery, so it can consume the chunks of :func:`mgn_tf.evaluation.rerank.re_ranking_features`.
     Per-query values are stored and reduced once at the end, so any chunking gives identical results.
     """
 
@@ -242,17 +244,6 @@ def distance_chunks(distmat: np.ndarray | DistanceRows, num_q: int, chunk_size: 
         yield rows, (distmat(rows) if callable(distmat) else distmat[rows])
 
 
-def _accumulate(distmat, q_pids, g_pids, q_camids, g_camids, chunk_size) -> RankingAccumulator:
-    acc = RankingAccumulator(q_pids, g_pids, q_camids, g_camids)
-    if not callable(distmat):
-        distmat = np.asarray(distmat)
-        if distmat.shape != (acc.num_q, acc.num_g):
-            raise ValueError(f"distmat shape {distmat.shape} != {(acc.num_q, acc.num_g)}")
-    for rows, chunk in distance_chunks(distmat, acc.num_q, chunk_size):
-        acc.update(rows, chunk)
-    return acc
-
-
 def evaluate_ranking(
     distmat: np.ndarray | DistanceRows,
     q_pids: np.ndarray,
@@ -268,66 +259,18 @@ def evaluate_ranking(
     Returns ``{"cmc": float64[min(max_rank, G)], "mAP", "mINP", "num_valid_queries", "mAP_official"}``:
     cmc[k] is the fraction of valid queries with a true match in the top k+1; AP is the mean precision at
     each true match (non-interpolated); INP = #matches / rank of the last match (Ye et al. 2020);
-    ``mAP_official`` is :func:`market1501_official_map`. Raises ``ValueError`` if no query is valid.
+    ``mAP_official`` is the mAP of the official Market-1501 MATLAB code (``compute_AP.m``, Zheng et al.
+    2015): per true match a trapezoid between the precision before and at it, averaged over ALL queries
+    (a query without a true match adds 0). Raises ``ValueError`` if no query is valid.
+
+    From features: ``evaluate_ranking(FeatureDistance(qf, gf, metric, normalize), ...)`` computes the
+    distances chunk by chunk, so no ``[Q, G]`` matrix exists.
     """
-    acc = _accumulate(distmat, q_pids, g_pids, q_camids, g_camids, chunk_size)
+    acc = RankingAccumulator(q_pids, g_pids, q_camids, g_camids)
+    if not callable(distmat):
+        distmat = np.asarray(distmat)
+        if distmat.shape != (acc.num_q, acc.num_g):
+            raise ValueError(f"distmat shape {distmat.shape} != {(acc.num_q, acc.num_g)}")
+    for rows, chunk in distance_chunks(distmat, acc.num_q, chunk_size):
+        acc.update(rows, chunk)
     return acc.result(max_rank)
-
-
-def cmc_map(
-    distmat: np.ndarray | DistanceRows,
-    q_pids: np.ndarray,
-    g_pids: np.ndarray,
-    q_camids: np.ndarray,
-    g_camids: np.ndarray,
-    max_rank: int = 50,
-    chunk_size: int = 512,
-) -> tuple[np.ndarray, float]:
-    """``(cmc, mAP)`` under the Market-1501 protocol; see :func:`evaluate_ranking`."""
-    res = evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size)
-    return res["cmc"], res["mAP"]
-
-
-def cmc_map_from_features(
-    qf: np.ndarray,
-    gf: np.ndarray,
-    q_pids: np.ndarray,
-    g_pids: np.ndarray,
-    q_camids: np.ndarray,
-    g_camids: np.ndarray,
-    metric: Metric = "euclidean",
-    normalize: bool = True,
-    max_rank: int = 50,
-    chunk_size: int = 512,
-) -> dict[str, np.ndarray | float | int]:
-    """:func:`evaluate_ranking` on distances computed per query chunk from features (no ``[Q, G]`` matrix).
-
-    Distances are those of :func:`pairwise_distance` with the same ``metric`` / ``normalize``.
-    """
-    dist = FeatureDistance(qf, gf, metric, normalize)
-    return evaluate_ranking(dist, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size)
-
-
-def market1501_official_map(
-    distmat: np.ndarray | DistanceRows,
-    q_pids: np.ndarray,
-    g_pids: np.ndarray,
-    q_camids: np.ndarray,
-    g_camids: np.ndarray,
-    chunk_size: int = 512,
-) -> float:
-    """mAP of the official Market-1501 MATLAB evaluation (``compute_AP.m``, Zheng et al. 2015).
-
-    Per query: junk = gallery items with pid -1, or with the query's pid and camera (removed from the
-    ranking); good = same pid, other camera (``ngood`` of them). Walking the non-junk ranking, the k-th good
-    item at 1-based position i adds a trapezoid::
-
-        AP += (1 / ngood) * (p_old + p_new) / 2,   p_new = k / i,   p_old = (k - 1) / (i - 1) if i > 1 else 1
-
-    (``p_old`` is the precision one position earlier; non-good items change recall by 0 and add nothing).
-    mAP = sum of AP over ALL queries / number of queries; a query without good items contributes 0.
-    """
-    acc = _accumulate(distmat, q_pids, g_pids, q_camids, g_camids, chunk_size)
-    if (acc.ngood < 0).any():  # pragma: no cover - _accumulate covers all rows
-        raise ValueError("not all queries evaluated")
-    return float(np.sum(acc.ap_official) / acc.num_q)

@@ -1,0 +1,54 @@
+"""Where the benchmark scripts write their figures: docs/results/<name>.json and a Markdown table beside
+it, each saying which command on which machine produced it. The README links these files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def machine() -> dict:
+    """CPU model and count, Python and library versions of this run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "scipy", "tensorflow", "keras", "onnxruntime", "tf2onnx"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    return {"cpu": cpu, "cpus": os.cpu_count(), "versions": versions}
+
+
+def write(name: str, title: str, data: dict, table: str, notes: str = "") -> Path:
+    """Writes docs/results/<name>.json (data + run info) and <name>.md (title, run info, table, notes)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    info = {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine(),
+    }
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({**info, **data}, indent=2, default=str) + "\n")
+    m = info["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    header = (
+        f"# {title}\n\nWritten by `{info['command']}` on {info['date']}: {m['cpu']}, {m['cpus']} CPUs; "
+        f"{versions}. Data: [{path.name}]({path.name}).\n\n"
+    )
+    (RESULTS_DIR / f"{name}.md").write_text(
+        header + table.rstrip() + "\n" + (f"\n{notes.rstrip()}\n" if notes else "")
+    )
+    return path
