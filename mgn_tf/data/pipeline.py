@@ -101,7 +101,7 @@ def epoch_batches(
 def train_dataset(
     paths: Sequence[str],
     labels: Sequence[int],
-    image_size: tuple[int, int],
+    input_size: tuple[int, int],
     p: int = 16,
     k: int = 4,
     seed: int = 0,
@@ -134,7 +134,7 @@ def train_dataset(
 
     path_table = tf.constant(np.asarray(paths, dtype=object).astype(str))
     label_table = tf.constant(labels)
-    height, width = image_size
+    height, width = input_size
 
     def load_one(index, position):
         image = decode_and_resize(tf.io.read_file(path_table[index]), (height, width))

@@ -2,9 +2,9 @@
 
 tf2onnx holds several copies of the weights while converting, and with protobuf's default (upb) Python
 backend every `update_proto` pass of its graph optimizers leaves another full copy behind in the protobuf
-arenas (protocolbuffers/protobuf#10294): 20 GB peak RSS measured for MGN's 276 MB of weights. The child
-runs with the pure-Python protobuf backend, which frees them: 6.0 GB peak, identical outputs, 75 s instead
-of 99 s (96x32 on these 2 cores).
+arenas (protocolbuffers/protobuf#10294), many times the weights' size at the peak. The child runs with the
+pure-Python protobuf backend, which frees them: a fraction of that peak, identical outputs, no slower
+(`benchmarks/bench_export.py --onnx_default_route` measures both).
 """
 
 from __future__ import annotations
