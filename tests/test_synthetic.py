@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mgn_tf.data.synthetic import MARKER_NAME, SPLITS, ensure_synthetic, generate_synthetic
+from mgn_tf.data.synthetic.__main__ import main
 
 NAME = re.compile(r"^(\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 SMALL = dict(
@@ -195,6 +196,22 @@ def test_refuses_to_overwrite_foreign_dataset(tmp_path: Path) -> None:
     (tmp_path / "query" / "0001_c1s1_000001_00.jpg").write_bytes(b"real")
     with pytest.raises(FileExistsError):
         ensure_synthetic(tmp_path, **SMALL)
+
+
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m mgn_tf.data.synthetic ROOT --option N ...`` passes every option to generate_synthetic."""
+    argv = "--seed 4 --num-train-ids 2 --num-test-ids 3 --num-cameras 3 --images-per-id-per-camera 1"
+    main([str(tmp_path), *argv.split(), "--num-distractors", "2", "--height", "32", "--width", "16"])
+    info = json.loads((tmp_path / MARKER_NAME).read_text())
+    assert {k: info[k] for k in ("seed", "num_train_ids", "num_test_ids", "num_cameras")} == {
+        "seed": 4,
+        "num_train_ids": 2,
+        "num_test_ids": 3,
+        "num_cameras": 3,
+    }
+    assert (info["images_per_id_per_camera"], info["num_distractors"], info["image_size"]) == (1, 2, [32, 16])
+    assert capsys.readouterr().out.strip() == str(info["counts"])
+    assert Image.open(next((tmp_path / "query").iterdir())).size == (16, 32)
 
 
 def _rank1(feats_q, pq, cq, feats_g, pg, cg) -> float:
