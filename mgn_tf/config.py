@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mgn_tf.data.datasets import DATASET_NAMES
+from mgn_tf.data.datasets import dataset_names
 from mgn_tf.model import check_input_shape
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
@@ -76,7 +76,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"--{flag}={getattr(self, flag)!r}: {message}")
 
-        need(self.dataset in DATASET_NAMES, "dataset", f"accepted values: {', '.join(DATASET_NAMES)}")
+        need(self.dataset in dataset_names(), "dataset", f"accepted values: {', '.join(dataset_names())}")
         need(self.p >= 2, "p", "P (identities per batch) must be >= 2 for the batch-hard triplet loss")
         need(self.k >= 1, "k", "K (images per identity) must be >= 1")
         need(self.k >= 2 or self.triplet_weight == 0, "k", "K must be >= 2 when --triplet_weight > 0")

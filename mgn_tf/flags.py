@@ -5,7 +5,7 @@ from __future__ import annotations
 from absl import flags
 
 from mgn_tf.config import OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig
-from mgn_tf.data.datasets import DATASET_NAMES
+from mgn_tf.data.datasets import dataset_names
 
 F = flags.FLAGS
 
@@ -13,7 +13,7 @@ F = flags.FLAGS
 def define_train_flags() -> None:
     """Defines every training flag (names = TrainConfig fields, plus dataset options)."""
     _D = TrainConfig()
-    flags.DEFINE_enum("dataset", _D.dataset, DATASET_NAMES, "Dataset reader.")
+    flags.DEFINE_enum("dataset", _D.dataset, dataset_names(), "Dataset reader.")
     flags.DEFINE_string(
         "data_dir", _D.data_dir, "Dataset root folder (for 'synthetic': where it is generated)."
     )
