@@ -5,6 +5,7 @@ No TensorFlow here: dataset readers, config parsing and the serving clients use 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from pathlib import Path
 
 # What `mgn_tf.images.decode_and_resize` (tf.io.decode_image) can decode, matched case-insensitively.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+_TMP_NUMBERS = itertools.count()  # one temporary name per atomic_path call in this process
 
 
 def is_image_name(name: str) -> bool:
@@ -30,12 +33,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `target` to write to; publishes it as `target` with one rename.
 
     A crash at any moment leaves either the old `target` or the new one, never half a file. The temporary
-    name keeps the target's name as its end (``.tmp-<pid>-final.weights.h5``), so writers that choose the
-    format by extension (Keras weights, PIL, numpy) behave as for the target. On an exception the
-    temporary file is removed and `target` is left as it was.
+    name keeps the target's name as its end (``.tmp-<pid>-<n>-final.weights.h5``), so writers that choose
+    the format by extension (Keras weights, PIL, numpy) behave as for the target; ``<n>`` differs per call,
+    so threads writing one target at once (the data scan's workers) never share a temporary file and the
+    last rename wins. On an exception the temporary file is removed and `target` is left as it was.
     """
     target = Path(target)
-    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+    tmp = target.with_name(f".tmp-{os.getpid()}-{next(_TMP_NUMBERS)}-{target.name}")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:

@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from mgn_tf.data import cuhk03_mat
-from mgn_tf.data.datasets import DatasetLayoutError, load_dataset
+from mgn_tf.data.datasets import DatasetLayoutError, cuhk03_mat, load_dataset
 
 PERSONS_PER_PAIR = (3, 2, 2, 1, 2)  # 10 identities over the 5 camera pairs
 TRAIN_PERSONS = 6  # global identities 1..6 train, 7..10 test
@@ -179,7 +178,7 @@ def test_interrupted_extraction_resumes(raw_release) -> None:
     # as if killed while writing: no marker, one image only as a temp file
     (out / cuhk03_mat.MARKER).unlink()
     (out / names[3]).unlink()
-    (out / f".{names[3]}.tmp").write_bytes(b"half a png")
+    (out / f".tmp-4242-0-{names[3]}").write_bytes(b"half a png")  # atomic_path's temp name
     kept = {n: (out / n).stat().st_mtime_ns for n in names if n != names[3]}
     assert cuhk03_mat.extract_images(mat, "labeled", names, out) == 1
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept
@@ -187,6 +186,7 @@ def test_interrupted_extraction_resumes(raw_release) -> None:
         np.asarray(Image.open(out / names[3])), image_at(images["labeled"], names[3])
     )
     assert (out / cuhk03_mat.MARKER).is_file()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".tmp-")] == [f".tmp-4242-0-{names[3]}"]
     assert cuhk03_mat.extract_images(mat, "labeled", names, out) == 0
 
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import ast
+import pkgutil
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from mgn_tf.data.datasets import DATASET_NAMES, DatasetLayoutError, Split, dataset_options, load_dataset
+import mgn_tf.data
+from mgn_tf.data import datasets
+from mgn_tf.data.datasets import (
+    DatasetLayoutError,
+    Split,
+    dataset_names,
+    dataset_options,
+    load_dataset,
+    register_dataset,
+)
 
 
 def touch(folder: Path, *names: str) -> None:
@@ -32,7 +45,7 @@ def check_train_relabelled(split: Split) -> None:
 
 
 def test_names_and_unknown_name() -> None:
-    assert DATASET_NAMES == ("market1501", "dukemtmc", "cuhk03", "msmt17", "cuhk01", "folder", "synthetic")
+    assert dataset_names() == ("market1501", "dukemtmc", "cuhk03", "msmt17", "cuhk01", "folder", "synthetic")
     with pytest.raises(ValueError, match=r"unknown dataset 'market'; valid names: market1501, dukemtmc"):
         load_dataset("market", "/nowhere")
 
@@ -42,6 +55,97 @@ def test_unknown_option_is_named(mini_market_dir: Path) -> None:
         load_dataset("market1501", mini_market_dir, variant="labeled")
     assert dataset_options("cuhk01") == {"split_seed": 0, "num_train_ids": None}
     assert dataset_options("cuhk03") == {"variant": "labeled"}
+
+
+@pytest.fixture()
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private copy of the reader registry, so a test's registrations do not leak into other tests."""
+    monkeypatch.setattr(datasets, "_READERS", dict(datasets._READERS))
+
+
+def test_registered_reader_is_loaded_with_its_options(registry, tmp_path: Path) -> None:
+    calls = []
+
+    def read_mine(root: Path, size: int = 2, tag: str = "x") -> Split:
+        calls.append((root, size, tag))
+        train = [(str(root / f"{i}.jpg"), 10 + i, 0) for i in range(size)]
+        return datasets.base.make_split("mine", root, train, [], [])
+
+    register_dataset("Mine", read_mine)
+    assert dataset_names()[-1] == "mine" and "market1501" in dataset_names()
+    assert dataset_options("MINE") == {"size": 2, "tag": "x"}
+    split = load_dataset(" mine ", tmp_path / "sub" / "..", size=3, tag="y")
+    assert calls == [((tmp_path / "sub" / "..").absolute(), 3, "y")]  # absolute root, options as given
+    assert (split.name, split.num_train_pids, [pid for _, pid, _ in split.train]) == ("mine", 3, [0, 1, 2])
+    with pytest.raises(ValueError, match="mine: unknown option.*colour; mine takes size, tag"):
+        load_dataset("mine", tmp_path, colour="red")
+
+    def read_any(root: Path, **options) -> Split:  # takes every option: none is refused
+        return read_mine(root, size=options["n"])
+
+    register_dataset("any-options", read_any)
+    assert dataset_options("any-options") == {}
+    assert load_dataset("any-options", tmp_path, n=1).num_train_pids == 1
+
+
+def test_register_refuses_duplicates_and_bad_readers(registry) -> None:
+    def read(root: Path) -> Split:
+        raise AssertionError("never called")
+
+    register_dataset("mine", read)
+    with pytest.raises(
+        ValueError, match=r"dataset 'mine' is already registered \(.*read\); pass replace=True"
+    ):
+        register_dataset("MINE", read)
+    with pytest.raises(ValueError, match=r"dataset 'market1501' is already registered \(.*read_market1501\)"):
+        register_dataset("market1501", read)
+
+    def read_again(root: Path) -> Split:
+        raise AssertionError("never called")
+
+    register_dataset("Mine", read_again, replace=True)
+    assert datasets._READERS["mine"] is read_again
+    with pytest.raises(ValueError, match=r"reader for dataset 'other' is not callable \(got str\)"):
+        register_dataset("other", "read_folder")
+    with pytest.raises(ValueError, match=r"reader for dataset 'other' .* takes no positional root argument"):
+        register_dataset("other", lambda *, root: None)
+    for bad in ("", "my data", "ünï", "-x", 3):
+        with pytest.raises(ValueError, match=r"dataset name .* must be letters, digits, '_' or '-'"):
+            register_dataset(bad, read)
+    assert "other" not in dataset_names() and dataset_names().count("mine") == 1
+
+
+def _data_modules() -> list[str]:
+    """Every module of mgn_tf.data, packages and their __main__ included."""
+    found = pkgutil.walk_packages(mgn_tf.data.__path__, prefix="mgn_tf.data.")
+    return ["mgn_tf.data", *sorted(name for _, name, _ in found)]
+
+
+# Built on tf.data and TF's image decoder: the only modules of mgn_tf.data that may import TensorFlow.
+_TF_MODULES = {"mgn_tf.data.pipeline", "mgn_tf.data.scan"}
+
+
+def test_data_modules_are_found() -> None:
+    modules = set(_data_modules())
+    assert (
+        _TF_MODULES < modules
+        and {"mgn_tf.data.datasets.cuhk03_mat", "mgn_tf.data.synthetic.render"} < modules
+    )
+
+
+@pytest.mark.parametrize("module", _data_modules())
+def test_module_imports_first_and_alone(module: str) -> None:
+    """Imported first in a fresh interpreter (an import cycle fails for one of its members this way)."""
+    check = f"import sys, {module}; print(sorted({{'tensorflow', 'keras'}} & set(sys.modules)))"
+    if module.startswith("mgn_tf.data.datasets"):  # its docstring promises: no PIL for reading names
+        check = check.replace("'keras'", "'keras', 'PIL'")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"import {module} fails in a fresh interpreter:\n{done.stderr[-3000:]}"
+    heavy = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    if module in _TF_MODULES:
+        assert "tensorflow" in heavy
+    else:
+        assert heavy == [], f"import {module} imports {heavy}"
 
 
 # ------------------------------------------------------------------------------------------ Market-1501

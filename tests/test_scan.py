@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mgn_tf.data.scan import SCAN_JSON, SKIPPED_TXT, BadDataError, scan_items
+from mgn_tf.files import atomic_path
 from mgn_tf.images import decode_and_resize
 
 SIZE = (32, 16)  # decode_and_resize target (height, width)
@@ -249,6 +250,27 @@ def test_broken_copy_is_rewritten(tmp_path):
     copy.write_bytes(b"half a png")  # newer than the source, but not decodable
     report = scan_items([(str(source), 1, 0)], tmp_path / "conv", progress=False)
     assert report.items == [(str(copy), 1, 0)] and (_pixels(copy) == 77).all()
+
+
+def test_two_spellings_of_one_file_share_one_copy(tmp_path):
+    """Both spellings name one copy; two workers writing it at once never share a temporary file."""
+    source = tmp_path / "0001_gray.png"
+    Image.fromarray(np.full((8, 4), 9, np.uint8)).save(source)
+    (tmp_path / "sub").mkdir()
+    items = [(str(source), 1, 0), (str(tmp_path / "sub" / ".." / source.name), 1, 1)]
+    for round_ in range(10):  # a fresh convert_dir each round: both workers convert at the same time
+        convert_dir = tmp_path / f"conv{round_}"
+        report = scan_items(items, convert_dir, workers=2, progress=False)
+        copies = {path for path, _, _ in report.items}
+        assert report.bad == [] and len(report.items) == 2 and len(copies) == 1
+        assert [p.name for p in convert_dir.iterdir()] == [Path(copies.pop()).name]  # no temp files left
+        assert (_pixels(report.items[0][0]) == 9).all()
+    target = tmp_path / "both.png"
+    with atomic_path(target) as first, atomic_path(target) as second:
+        assert first != second
+        first.write_bytes(b"first")
+        second.write_bytes(b"second")
+    assert target.read_bytes() == b"first"  # the last rename wins
 
 
 def test_strict_raises_with_paths(tmp_path):

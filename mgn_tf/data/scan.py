@@ -31,7 +31,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
+
+from mgn_tf.files import atomic_write_bytes
 
 __all__ = ["ScanReport", "BadDataError", "scan_items", "SCAN_JSON", "SKIPPED_TXT"]
 
@@ -276,7 +277,7 @@ def _convert(path: str, image: Image.Image, convert_dir: Path, reason: str) -> t
     if error is not None:
         return None, f"undecodable: TF cannot decode even the RGB PNG copy ({error})"
     try:
-        _write_atomic(target, data)
+        atomic_write_bytes(target, data)  # a crash never leaves half a PNG
     except OSError as exc:
         raise OSError(f"data scan: cannot write the RGB copy of {path} to {target}: {exc}") from exc
     return str(target), reason
@@ -312,18 +313,6 @@ def _tf_decode_error(data: bytes, size: tuple[int, int]) -> str | None:
     if tuple(image.shape) != (height, width, 3):
         return f"TF decodes shape {tuple(image.shape)}, PIL {height}x{width}"
     return None
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Writes via a temporary file in the same folder, so a crash never leaves half a PNG."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp_", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- helpers

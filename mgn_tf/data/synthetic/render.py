@@ -1,45 +1,21 @@
-"""Built-in synthetic dataset: procedurally drawn pedestrians written in the Market-1501 layout.
+"""Drawing the synthetic dataset's images: identities, cameras, backgrounds and walking pedestrians.
 
-Needs no download. An identity is a deterministic function of ``(seed, pid)``: clothing colours and
-patterns, body proportions, hair, bags. A camera is a deterministic function of ``(seed, camera)``:
-colour cast, gamma, background, blur, noise, typical viewpoint and zoom. Every image adds its own jitter
-(position, scale, walking pose, viewpoint, clutter, occlusion, brightness), so re-identification across
-cameras has to see past lighting and pose, yet a small CNN trained from scratch learns it in minutes.
-
-Layout written under ``root`` (names ``PPPP_cCsS_FFFFFF_BB.jpg`` as in Market-1501):
-
-- ``bounding_box_train/``: identities ``1..num_train_ids``;
-- ``query/``: one image per (test identity, camera) it appears in;
-- ``bounding_box_test/``: the other images of the test identities (ids ``num_train_ids + 1 ..``), plus
-  ``num_distractors`` pid-``0000`` images (partial people, background crops, strangers).
-
-Every identity appears in at least two cameras, so each query has a gallery match from another camera.
+`make_identity` draws an `Identity` (clothing colours and patterns, body proportions, hair, bags) and
+`make_camera` a `Camera` (colour cast, gamma, background, blur, noise, typical viewpoint and zoom), each
+from its own random generator. `render` draws one image of an identity seen by a camera from a third
+generator, which gives every image its own jitter (position, scale, walking pose, viewpoint, clutter,
+occlusion, brightness). The functions consume their generator in a fixed order, so the same generators
+give the same pixels; which generator seeds what is decided in `mgn_tf.data.synthetic.layout`.
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
-import inspect
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
-__all__ = ["generate_synthetic", "ensure_synthetic", "SPLITS", "MARKER_NAME"]
-
-SPLITS = ("bounding_box_train", "query", "bounding_box_test")
-MARKER_NAME = "synthetic_complete.json"  # written last: its presence means the dataset is complete
-_OWNER_NAME = ".mgn_synthetic"  # written first and kept: the split folders belong to this module
-_FORMAT_VERSION = 1
-
-# Independent random streams: (seed, stream, ...) -> numpy Generator.
-_S_IDENTITY, _S_CAMERA, _S_IMAGE, _S_DISTRACTOR, _S_LAYOUT = range(5)
 
 Colour = tuple[int, int, int]
 
@@ -73,11 +49,6 @@ _OCCLUDER_COLOURS: list[Colour] = [(150, 150, 155), (90, 90, 95), (60, 60, 65), 
 # fmt: on
 
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    """Generator for one random stream; independent of generation order."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[int(k) for k in keys]]))
-
-
 def _pick(rng: np.random.Generator, palette: list[tuple[Colour, float]]) -> Colour:
     weights = np.array([w for _, w in palette])
     return palette[int(rng.choice(len(palette), p=weights / weights.sum()))][0]
@@ -99,7 +70,9 @@ def _skin(rng: np.random.Generator) -> Colour:
 
 
 @dataclass(frozen=True)
-class _Identity:
+class Identity:
+    """What makes a person recognisable across cameras: colours, clothing, hair, bags, proportions."""
+
     skin: Colour
     hair: Colour
     upper: Colour
@@ -119,7 +92,7 @@ class _Identity:
     height: float
 
 
-def _make_identity(rng: np.random.Generator) -> _Identity:
+def make_identity(rng: np.random.Generator) -> Identity:
     upper = _jitter_colour(rng, _pick(rng, _UPPER_PALETTE))
     upper2 = _jitter_colour(rng, _pick(rng, _UPPER_PALETTE))
     for _ in range(4):  # a pattern needs contrast to be visible
@@ -127,7 +100,7 @@ def _make_identity(rng: np.random.Generator) -> _Identity:
             break
         upper2 = _jitter_colour(rng, _pick(rng, _UPPER_PALETTE))
     lower_style = int(rng.choice(3, p=[0.68, 0.2, 0.12]))
-    return _Identity(
+    return Identity(
         skin=_skin(rng),
         hair=_jitter_colour(rng, _pick(rng, _HAIR_PALETTE), sv=0.2),
         upper=upper,
@@ -149,7 +122,9 @@ def _make_identity(rng: np.random.Generator) -> _Identity:
 
 
 @dataclass(frozen=True)
-class _Camera:
+class Camera:
+    """What a camera adds to every image it takes: colour response, scene, optics, viewpoints."""
+
     gain: tuple[float, float, float]  # per-channel colour cast
     bias: tuple[float, float, float]
     gamma: float
@@ -165,11 +140,11 @@ class _Camera:
     view_p: tuple[float, float, float, float]  # front, back, facing left, facing right
 
 
-def _make_camera(rng: np.random.Generator) -> _Camera:
+def make_camera(rng: np.random.Generator) -> Camera:
     gain = rng.uniform(0.78, 1.24, size=3)
     gain = gain / gain.mean() * rng.uniform(0.85, 1.12)
     view_p = rng.dirichlet([1.2, 1.2, 0.7, 0.7])
-    return _Camera(
+    return Camera(
         gain=tuple(float(g) for g in gain),  # type: ignore[arg-type]
         bias=tuple(float(b) for b in rng.uniform(-18, 18, size=3)),  # type: ignore[arg-type]
         gamma=float(rng.uniform(0.78, 1.3)),
@@ -186,7 +161,7 @@ def _make_camera(rng: np.random.Generator) -> _Camera:
     )
 
 
-def _background(rng: np.random.Generator, cam: _Camera, h: int, w: int) -> Image.Image:
+def _background(rng: np.random.Generator, cam: Camera, h: int, w: int) -> Image.Image:
     """Background: wall / foliage above a horizon, textured ground below, some clutter."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     horizon = (cam.horizon + rng.uniform(-0.05, 0.05)) * h
@@ -241,7 +216,7 @@ def _limb(x: float, y: float, length: float, w0: float, w1: float, angle: float)
     return [_rot(px, py, x, y, angle) for px, py in pts]
 
 
-def _pattern(ident: _Identity, view: int, u: float, box: tuple[int, int, int, int], cx: float) -> np.ndarray:
+def _pattern(ident: Identity, view: int, u: float, box: tuple[int, int, int, int], cx: float) -> np.ndarray:
     """RGB uint8 texture of the torso over ``box`` (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
@@ -266,71 +241,131 @@ def _pattern(ident: _Identity, view: int, u: float, box: tuple[int, int, int, in
     return np.where(sel[..., None], b, a)
 
 
+@dataclass(frozen=True)
+class _Body:
+    """Where the parts of one pedestrian go, in pixels; computed once, shared by every drawing step."""
+
+    cx: float  # centre line
+    u: float  # body height
+    view: int  # 0 front, 1 back, 2 facing left, 3 facing right
+    side: bool  # a side view (2 or 3)
+    facing: float  # walking direction in x for side views: -1 left, +1 right
+    r: float  # head radius
+    head_c: tuple[float, float]
+    shoulder_y: float
+    hip_y: float
+    sw: float  # half the shoulder width
+    hw: float  # half the hip width
+    leg_len: float
+    lw: float  # half the leg width at the hip
+    stride: float  # leg angle (radians) of the walking pose
+    arm_swing: float  # arm angle (radians) of the walking pose
+
+
+def _body(ident: Identity, rng: np.random.Generator, cx: float, feet: float, u: float, view: int) -> _Body:
+    """The body geometry for feet at (cx, feet); draws the walking phase, the person's only random number."""
+    side = view >= 2
+    facing = -1.0 if view == 2 else 1.0
+    top = feet - u
+    r = 0.062 * u * ident.head
+    hip_y = feet - ident.leg_ratio * u
+    wf = 0.62 if side else 1.0
+    phase = rng.uniform(-1, 1)
+    return _Body(
+        cx=cx,
+        u=u,
+        view=view,
+        side=side,
+        facing=facing,
+        r=r,
+        head_c=(cx + (0.015 * u * facing if side else 0.0), top + r),
+        shoulder_y=top + 2 * r + 0.018 * u,
+        hip_y=hip_y,
+        sw=0.145 * u * ident.width * wf,
+        hw=0.115 * u * ident.width * wf,
+        leg_len=feet - hip_y - 0.02 * u,
+        lw=0.05 * u * min(ident.width, 1.1),
+        stride=math.radians(24 if side else 4) * phase,
+        arm_swing=math.radians(22 if side else 6) * phase,
+    )
+
+
+def _box(x: float, y: float, rx: float, ry: float) -> list[float]:
+    """The bounding box of an ellipse centred on (x, y) with radii rx, ry."""
+    return [x - rx, y - ry, x + rx, y + ry]
+
+
 def _draw_person(
     img: Image.Image,
-    ident: _Identity,
+    ident: Identity,
     rng: np.random.Generator,
     cx: float,
     feet: float,
     u: float,
     view: int,
 ) -> None:
-    """Draw a walking pedestrian of body height ``u`` pixels with feet at (cx, feet) onto ``img``."""
+    """Draw a walking pedestrian of body height ``u`` pixels with feet at (cx, feet) onto ``img``.
+
+    Painter's order, back to front: what the body hides, legs, lower clothing, torso, head and hair, bags
+    in front, arms.
+    """
+    body = _body(ident, rng, cx, feet, u, view)
     draw = ImageDraw.Draw(img)
-    side = view >= 2
-    facing = -1.0 if view == 2 else 1.0  # walking direction in x for side views
-    top = feet - u
-    r = 0.062 * u * ident.head
-    head_c = (cx + (0.015 * u * facing if side else 0.0), top + r)
-    shoulder_y = top + 2 * r + 0.018 * u
-    hip_y = feet - ident.leg_ratio * u
-    wf = 0.62 if side else 1.0
-    sw, hw = 0.145 * u * ident.width * wf, 0.115 * u * ident.width * wf
-    leg_len = feet - hip_y - 0.02 * u
-    lw = 0.05 * u * min(ident.width, 1.1)
-    phase = rng.uniform(-1, 1)
-    stride = math.radians(24 if side else 4) * phase
-    arm_swing = math.radians(22 if side else 6) * phase
+    _draw_behind_body(draw, ident, body)
+    _draw_legs(draw, ident, body)
+    _draw_lower_clothing(draw, ident, body)
+    _draw_torso(img, ident, body)
+    _draw_head(draw, ident, body)
+    _draw_bags_in_front(draw, ident, body)
+    _draw_arms(draw, ident, body)
 
-    def box(x: float, y: float, rx: float, ry: float) -> list[float]:
-        return [x - rx, y - ry, x + rx, y + ry]
 
-    bag = ident.bag
-    bag_c = ident.bag_colour
-    # Things behind the body.
-    if bag == 1 and side:
-        bx = cx - facing * sw * 1.1
+def _draw_behind_body(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """A backpack seen from the side, and long hair seen from behind or the side."""
+    if ident.bag == 1 and b.side:
+        bx = b.cx - b.facing * b.sw * 1.1
         draw.rounded_rectangle(
             [
-                min(bx, bx - facing * 0.1 * u),
-                shoulder_y + 0.01 * u,
-                max(bx, bx - facing * 0.1 * u),
-                hip_y - 0.01 * u,
+                min(bx, bx - b.facing * 0.1 * b.u),
+                b.shoulder_y + 0.01 * b.u,
+                max(bx, bx - b.facing * 0.1 * b.u),
+                b.hip_y - 0.01 * b.u,
             ],
-            radius=max(1, int(0.02 * u)),
-            fill=bag_c,
+            radius=max(1, int(0.02 * b.u)),
+            fill=ident.bag_colour,
         )
-    if ident.hair_style == 1 and view != 0:
-        draw.rectangle(
-            [head_c[0] - r * 1.05, head_c[1], head_c[0] + r * 1.05, shoulder_y + 0.06 * u], fill=ident.hair
-        )
-    # Legs: the far leg first.
-    hips = [cx] * 2 if side else [cx - 0.45 * hw, cx + 0.45 * hw]
-    angles = [stride, -stride] if side else [-abs(stride) - 0.03, abs(stride) + 0.03]
+    if ident.hair_style == 1 and b.view != 0:
+        hx, hy = b.head_c
+        draw.rectangle([hx - b.r * 1.05, hy, hx + b.r * 1.05, b.shoulder_y + 0.06 * b.u], fill=ident.hair)
+
+
+def _draw_legs(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """Both legs, the far one first, with shorts over them and a shoe at each foot."""
+    u = b.u
+    hips = [b.cx] * 2 if b.side else [b.cx - 0.45 * b.hw, b.cx + 0.45 * b.hw]
+    angles = [b.stride, -b.stride] if b.side else [-abs(b.stride) - 0.03, abs(b.stride) + 0.03]
     leg_fill = ident.skin if ident.lower_style else ident.lower
     for hx, ang in zip(hips, angles, strict=True):
-        draw.polygon(_limb(hx, hip_y, leg_len, lw, lw * 0.8, ang), fill=leg_fill)
+        draw.polygon(_limb(hx, b.hip_y, b.leg_len, b.lw, b.lw * 0.8, ang), fill=leg_fill)
         if ident.lower_style == 1:  # shorts
-            draw.polygon(_limb(hx, hip_y - 1, leg_len * 0.45, lw * 1.1, lw * 1.0, ang), fill=ident.lower)
-        fx, fy = _rot(hx, hip_y + leg_len, hx, hip_y, ang)
-        srx = 0.055 * u if side else 0.035 * u
+            draw.polygon(
+                _limb(hx, b.hip_y - 1, b.leg_len * 0.45, b.lw * 1.1, b.lw * 1.0, ang), fill=ident.lower
+            )
+        fx, fy = _rot(hx, b.hip_y + b.leg_len, hx, b.hip_y, ang)
+        srx = 0.055 * u if b.side else 0.035 * u
         draw.ellipse(
-            box(fx + (0.02 * u * facing if side else 0.0), fy + 0.01 * u, srx, 0.025 * u), fill=ident.shoes
+            _box(fx + (0.02 * u * b.facing if b.side else 0.0), fy + 0.01 * u, srx, 0.025 * u),
+            fill=ident.shoes,
         )
-    if ident.lower_style == 0:  # trousers: cover the crotch
-        draw.polygon([(cx - hw, hip_y - 1), (cx + hw, hip_y - 1), (cx, hip_y + 0.08 * u)], fill=ident.lower)
+
+
+def _draw_lower_clothing(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """Trousers cover the crotch, a skirt flares over the thighs, shorts get a waistband."""
+    cx, hw, hip_y = b.cx, b.hw, b.hip_y
+    if ident.lower_style == 0:  # trousers
+        draw.polygon([(cx - hw, hip_y - 1), (cx + hw, hip_y - 1), (cx, hip_y + 0.08 * b.u)], fill=ident.lower)
     elif ident.lower_style == 2:  # skirt
-        sk = 0.32 * leg_len
+        sk = 0.32 * b.leg_len
         draw.polygon(
             [
                 (cx - hw, hip_y - 1),
@@ -341,57 +376,81 @@ def _draw_person(
             fill=ident.lower,
         )
     else:
-        draw.rectangle([cx - hw, hip_y - 1, cx + hw, hip_y + 0.05 * u], fill=ident.lower)
-    # Torso, filled with its pattern through a mask.
+        draw.rectangle([cx - hw, hip_y - 1, cx + hw, hip_y + 0.05 * b.u], fill=ident.lower)
+
+
+def _draw_torso(img: Image.Image, ident: Identity, b: _Body) -> None:
+    """The torso, a trapezoid from shoulders to hips, filled with the upper-clothing pattern via a mask."""
+    cx, sw, hw, u = b.cx, b.sw, b.hw, b.u
     torso = [
-        (cx - sw, shoulder_y),
-        (cx + sw, shoulder_y),
-        (cx + hw, hip_y + 0.01 * u),
-        (cx - hw, hip_y + 0.01 * u),
+        (cx - sw, b.shoulder_y),
+        (cx + sw, b.shoulder_y),
+        (cx + hw, b.hip_y + 0.01 * u),
+        (cx - hw, b.hip_y + 0.01 * u),
     ]
-    bx0, by0 = int(max(0, math.floor(cx - sw - 1))), int(max(0, math.floor(shoulder_y - 1)))
+    bx0, by0 = int(max(0, math.floor(cx - sw - 1))), int(max(0, math.floor(b.shoulder_y - 1)))
     bx1, by1 = (
         int(min(img.width, math.ceil(cx + sw + 2))),
-        int(min(img.height, math.ceil(hip_y + 0.01 * u + 2))),
+        int(min(img.height, math.ceil(b.hip_y + 0.01 * u + 2))),
     )
     if bx1 > bx0 and by1 > by0:
         mask = Image.new("L", (bx1 - bx0, by1 - by0), 0)
         ImageDraw.Draw(mask).polygon([(x - bx0, y - by0) for x, y in torso], fill=255)
-        tex = Image.fromarray(_pattern(ident, view, u, (bx0, by0, bx1, by1), cx))
+        tex = Image.fromarray(_pattern(ident, b.view, u, (bx0, by0, bx1, by1), cx))
         img.paste(tex, (bx0, by0), mask)
-    # Neck and head.
-    draw.rectangle([cx - 0.025 * u, head_c[1] + r * 0.6, cx + 0.025 * u, shoulder_y + 1], fill=ident.skin)
-    draw.ellipse(box(head_c[0], head_c[1], r * 0.9, r), fill=ident.skin if view != 1 else ident.hair)
-    if view != 1:
-        if ident.hair_style == 2:  # cap
-            draw.chord(box(head_c[0], head_c[1] - 0.1 * r, r * 0.98, r), 180, 360, fill=bag_c)
-            if side:
-                peak = sorted((head_c[0], head_c[0] + facing * r * 1.5))
-                draw.rectangle([peak[0], head_c[1] - 0.2 * r, peak[1], head_c[1]], fill=bag_c)
-        else:
-            draw.chord(box(head_c[0], head_c[1] - 0.15 * r, r * 0.95, r * 1.02), 175, 365, fill=ident.hair)
-            if side:  # hair covers the back of the head
-                draw.pieslice(
-                    box(head_c[0], head_c[1], r * 0.92, r),
-                    90 if facing > 0 else -90,
-                    270 if facing > 0 else 90,
-                    fill=ident.hair,
-                )
-            if ident.hair_style == 1 and view == 0:
-                for s in (-1, 1):
-                    x0, x1 = sorted((head_c[0] + s * r * 0.75, head_c[0] + s * r * 1.05))
-                    draw.rectangle([x0, head_c[1] - 0.2 * r, x1, shoulder_y + 0.05 * u], fill=ident.hair)
-    elif ident.hair_style == 2:
-        draw.chord(box(head_c[0], head_c[1] - 0.1 * r, r * 0.98, r), 180, 360, fill=bag_c)
-    # Bags in front of the torso.
+
+
+def _draw_head(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """Neck and head (all hair from behind), then a cap, or hair unless seen from behind."""
+    hx, hy = b.head_c
+    draw.rectangle(
+        [b.cx - 0.025 * b.u, hy + b.r * 0.6, b.cx + 0.025 * b.u, b.shoulder_y + 1], fill=ident.skin
+    )
+    draw.ellipse(_box(hx, hy, b.r * 0.9, b.r), fill=ident.skin if b.view != 1 else ident.hair)
+    if ident.hair_style == 2:
+        _draw_cap(draw, ident, b)
+    elif b.view != 1:
+        _draw_hair(draw, ident, b)
+
+
+def _draw_cap(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """A cap in the bag colour, its peak showing in side views."""
+    hx, hy = b.head_c
+    draw.chord(_box(hx, hy - 0.1 * b.r, b.r * 0.98, b.r), 180, 360, fill=ident.bag_colour)
+    if b.side:
+        peak = sorted((hx, hx + b.facing * b.r * 1.5))
+        draw.rectangle([peak[0], hy - 0.2 * b.r, peak[1], hy], fill=ident.bag_colour)
+
+
+def _draw_hair(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """Hair on top of the head, over the back of it in side views, and long hair beside a front face."""
+    hx, hy, r = b.head_c[0], b.head_c[1], b.r
+    draw.chord(_box(hx, hy - 0.15 * r, r * 0.95, r * 1.02), 175, 365, fill=ident.hair)
+    if b.side:  # hair covers the back of the head
+        draw.pieslice(
+            _box(hx, hy, r * 0.92, r),
+            90 if b.facing > 0 else -90,
+            270 if b.facing > 0 else 90,
+            fill=ident.hair,
+        )
+    if ident.hair_style == 1 and b.view == 0:
+        for s in (-1, 1):
+            x0, x1 = sorted((hx + s * r * 0.75, hx + s * r * 1.05))
+            draw.rectangle([x0, hy - 0.2 * r, x1, b.shoulder_y + 0.05 * b.u], fill=ident.hair)
+
+
+def _draw_bags_in_front(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """A backpack from behind, its straps from the front, or a shoulder bag with its strap across."""
+    cx, sw, hw, u, shoulder_y, hip_y = b.cx, b.sw, b.hw, b.u, b.shoulder_y, b.hip_y
+    bag, bag_c = ident.bag, ident.bag_colour
     strap_w = max(1, int(round(0.014 * u)))
-    if bag == 1 and view == 1:
+    if bag == 1 and b.view == 1:
         draw.rounded_rectangle(
             [cx - sw * 0.8, shoulder_y + 0.02 * u, cx + sw * 0.8, hip_y - 0.02 * u],
             radius=max(1, int(0.025 * u)),
             fill=bag_c,
         )
-    elif bag == 1 and view == 0:
+    elif bag == 1 and b.view == 0:
         for s in (-1, 1):
             draw.line(
                 [(cx + s * sw * 0.55, shoulder_y), (cx + s * sw * 0.6, hip_y - 0.06 * u)],
@@ -400,25 +459,29 @@ def _draw_person(
             )
     elif bag in (2, 3):
         s = -1 if bag == 2 else 1  # side of the image the bag hangs on when seen from the front
-        if view == 1:
+        if b.view == 1:
             s = -s
-        if not side or (s > 0) == (facing > 0):
+        if not b.side or (s > 0) == (b.facing > 0):
             draw.line(
                 [(cx - s * sw * 0.7, shoulder_y), (cx + s * hw * 1.1, hip_y)], fill=bag_c, width=strap_w
             )
-            bxc = cx + s * (hw * 1.1 if not side else 0.0)
+            bxc = cx + s * (hw * 1.1 if not b.side else 0.0)
             draw.rectangle([bxc - 0.05 * u, hip_y - 0.03 * u, bxc + 0.05 * u, hip_y + 0.06 * u], fill=bag_c)
-    # Arms.
+
+
+def _draw_arms(draw: ImageDraw.ImageDraw, ident: Identity, b: _Body) -> None:
+    """Arms swinging with the stride (one arm in side views), sleeves over them and a hand at each end."""
+    u = b.u
     arm_len, aw = 0.36 * u, 0.032 * u * min(ident.width, 1.1)
-    arm_xs = [cx] if side else [cx - sw * 0.92, cx + sw * 0.92]
-    arm_angles = [-arm_swing] if side else [0.1 + abs(arm_swing) * 0.5, -0.1 - abs(arm_swing) * 0.5]
+    arm_xs = [b.cx] if b.side else [b.cx - b.sw * 0.92, b.cx + b.sw * 0.92]
+    arm_angles = [-b.arm_swing] if b.side else [0.1 + abs(b.arm_swing) * 0.5, -0.1 - abs(b.arm_swing) * 0.5]
     for ax, ang in zip(arm_xs, arm_angles, strict=True):
-        ay = shoulder_y + 0.015 * u
+        ay = b.shoulder_y + 0.015 * u
         draw.polygon(_limb(ax, ay, arm_len, aw, aw * 0.85, ang), fill=ident.skin)
         sleeve = arm_len if ident.long_sleeves else arm_len * 0.35
         draw.polygon(_limb(ax, ay - 1, sleeve, aw * 1.2, aw * 1.05, ang), fill=ident.upper)
         hx, hy = _rot(ax, ay + arm_len, ax, ay, ang)
-        draw.ellipse(box(hx, hy, aw * 1.1, aw * 1.2), fill=ident.skin)
+        draw.ellipse(_box(hx, hy, aw * 1.1, aw * 1.2), fill=ident.skin)
 
 
 def _occlude(img: Image.Image, rng: np.random.Generator) -> None:
@@ -442,7 +505,7 @@ def _occlude(img: Image.Image, rng: np.random.Generator) -> None:
             draw.rounded_rectangle([w - edge, h * 0.2, 2 * w, h * 1.1], radius=int(0.1 * w), fill=colour)
 
 
-def _camera_response(arr: np.ndarray, cam: _Camera, rng: np.random.Generator) -> np.ndarray:
+def _camera_response(arr: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarray:
     """Apply the camera's colour cast, gamma and side lighting plus per-image brightness jitter."""
     h, w = arr.shape[:2]
     x = (np.arange(w, dtype=np.float32) / max(1, w - 1) - 0.5)[None, :, None]
@@ -452,9 +515,9 @@ def _camera_response(arr: np.ndarray, cam: _Camera, rng: np.random.Generator) ->
     return np.clip(out + np.array(cam.bias, np.float32), 0, 255)
 
 
-def _render(
-    ident: _Identity | None,
-    cam: _Camera,
+def render(
+    ident: Identity | None,
+    cam: Camera,
     rng: np.random.Generator,
     size: tuple[int, int],
     distractor: bool = False,
@@ -482,198 +545,3 @@ def _render(
         img = img.filter(ImageFilter.GaussianBlur(radius))
     noisy = np.asarray(img, np.float32) + rng.normal(0, cam.noise, size=(h, w, 3)).astype(np.float32)
     return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
-
-
-@dataclass(frozen=True)
-class _Job:
-    split: str
-    name: str
-    pid: int
-    cam: int  # 0-based
-    index: int  # image index within (pid, camera), or distractor index
-
-
-def _plan(
-    seed: int,
-    num_train_ids: int,
-    num_test_ids: int,
-    num_cameras: int,
-    images_per_id_per_camera: int,
-    num_distractors: int,
-) -> list[_Job]:
-    """Decide every file: which cameras see each identity, splits, frame numbers and names."""
-    rng = _rng(seed, _S_LAYOUT)
-    frame = rng.integers(0, 2000, size=num_cameras)
-    min_cams = min(3, num_cameras)
-    jobs: list[_Job] = []
-
-    def name(pid: int, cam: int) -> str:
-        frame[cam] += int(rng.integers(25, 400))
-        seq = 1 + int(frame[cam]) // 160_000
-        return f"{pid:04d}_c{cam + 1}s{seq}_{int(frame[cam]):06d}_{int(rng.integers(1, 4)):02d}.jpg"
-
-    for pid in range(1, num_train_ids + num_test_ids + 1):
-        test = pid > num_train_ids
-        k = int(rng.integers(min_cams, num_cameras + 1))
-        cams = sorted(int(c) for c in rng.choice(num_cameras, size=k, replace=False))
-        for pos, cam in enumerate(cams):
-            for i in range(images_per_id_per_camera):
-                if not test:
-                    split = SPLITS[0]
-                elif images_per_id_per_camera >= 2:  # one query per camera, the rest in the gallery
-                    split = SPLITS[1] if i == 0 else SPLITS[2]
-                else:  # one image per camera: alternate cameras between query and gallery
-                    split = SPLITS[1] if pos % 2 == 0 else SPLITS[2]
-                jobs.append(_Job(split, name(pid, cam), pid, cam, i))
-    for j in range(num_distractors):
-        cam = int(rng.integers(num_cameras))
-        jobs.append(_Job(SPLITS[2], name(0, cam), 0, cam, j))
-    return jobs
-
-
-def _owned(root: Path) -> bool:
-    return (root / MARKER_NAME).exists() or (root / _OWNER_NAME).exists()
-
-
-def generate_synthetic(
-    root: str | Path,
-    num_train_ids: int = 150,
-    num_test_ids: int = 75,
-    num_cameras: int = 6,
-    images_per_id_per_camera: int = 2,
-    image_size: tuple[int, int] = (128, 64),
-    num_distractors: int = 100,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
-    """Write a synthetic Market-1501-layout dataset under ``root`` and return ``root``.
-
-    Each identity is seen by a random subset of ``min(3, num_cameras)..num_cameras`` cameras, with
-    ``images_per_id_per_camera`` images per camera. ``image_size`` is (height, width) of the JPEGs.
-    Existing split folders are only overwritten if they were written by this module.
-    """
-    if num_cameras < 2:
-        raise ValueError("num_cameras must be at least 2 (queries need a match from another camera)")
-    if min(num_train_ids, num_test_ids, images_per_id_per_camera) < 1 or num_distractors < 0:
-        raise ValueError("identity and image counts must be positive (num_distractors >= 0)")
-    if num_train_ids + num_test_ids > 9999 or num_cameras > 9:
-        raise ValueError("Market-1501 names allow at most 9999 identities and 9 cameras")
-    h, w = int(image_size[0]), int(image_size[1])
-    if h < 16 or w < 8:
-        raise ValueError(f"image_size (height, width) too small: {image_size}")
-    root = Path(root)
-    dirs = [root / s for s in SPLITS]
-    if not _owned(root) and any(d.is_dir() and any(d.iterdir()) for d in dirs):
-        raise FileExistsError(
-            f"{root} holds a dataset that generate_synthetic did not write; not overwriting"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    (root / _OWNER_NAME).write_text(
-        "written by mgn_tf.data.synthetic; the split folders may be regenerated\n"
-    )
-    (root / MARKER_NAME).unlink(missing_ok=True)
-    for d in dirs:
-        d.mkdir(exist_ok=True)
-        for f in d.glob("*.jpg"):  # stale files of an earlier synthetic dataset
-            f.unlink()
-
-    jobs = _plan(seed, num_train_ids, num_test_ids, num_cameras, images_per_id_per_camera, num_distractors)
-    cams = [_make_camera(_rng(seed, _S_CAMERA, c)) for c in range(num_cameras)]
-    idents: dict[int, _Identity] = {}
-    it = jobs
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(jobs, desc="synthetic dataset", unit="img")
-    for job in it:
-        if job.pid == 0:
-            rng = _rng(seed, _S_DISTRACTOR, job.index)
-            ident = _make_identity(rng) if rng.random() < 0.8 else None
-            img = _render(ident, cams[job.cam], rng, (h, w), distractor=True)
-        else:
-            if job.pid not in idents:
-                idents[job.pid] = _make_identity(_rng(seed, _S_IDENTITY, job.pid))
-            rng = _rng(seed, _S_IMAGE, job.pid, job.cam, job.index)
-            img = _render(idents[job.pid], cams[job.cam], rng, (h, w))
-        img.save(root / job.split / job.name, format="JPEG", quality=95)
-
-    counts = {s: sum(j.split == s for j in jobs) for s in SPLITS}
-    info = {
-        "format_version": _FORMAT_VERSION,
-        **_settings(
-            root,
-            seed,
-            num_train_ids=num_train_ids,
-            num_test_ids=num_test_ids,
-            num_cameras=num_cameras,
-            images_per_id_per_camera=images_per_id_per_camera,
-            image_size=(h, w),
-            num_distractors=num_distractors,
-        ),
-        "counts": counts,
-    }
-    tmp = root / (MARKER_NAME + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, root / MARKER_NAME)
-    return root
-
-
-def _settings(root: str | Path, seed: int, **kwargs: Any) -> dict[str, Any]:
-    """All generate_synthetic settings for these arguments, defaults filled in, as stored in the marker."""
-    bound = inspect.signature(generate_synthetic).bind(root, seed=seed, **kwargs)
-    bound.apply_defaults()
-    out = {k: v for k, v in bound.arguments.items() if k not in ("root", "progress")}
-    out["image_size"] = [int(v) for v in out["image_size"]]
-    return out
-
-
-def _complete(root: Path, settings: dict[str, Any]) -> bool:
-    """True if ``root`` holds a finished dataset generated with ``settings`` with all its files."""
-    try:
-        info = json.loads((root / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    if info.get("format_version") != _FORMAT_VERSION or any(info.get(k) != v for k, v in settings.items()):
-        return False
-    counts = info.get("counts", {})
-    return all(
-        (root / s).is_dir() and sum(1 for _ in (root / s).glob("*.jpg")) == counts.get(s, -1) for s in SPLITS
-    )
-
-
-def ensure_synthetic(root: str | Path, seed: int = 0, **kwargs: Any) -> Path:
-    """Generate the synthetic dataset under ``root`` unless a complete one with the same settings is there.
-
-    ``kwargs`` are further generate_synthetic arguments (defaults otherwise). Returns ``root``.
-    """
-    root = Path(root)
-    settings = _settings(root, seed, **kwargs)
-    if not _complete(root, settings):
-        generate_synthetic(root, seed=seed, **kwargs)
-    return root
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m mgn_tf.data.synthetic ROOT [--seed N] ...``"""
-    defaults = inspect.signature(generate_synthetic).parameters
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("root")
-    for name in (
-        "seed",
-        "num_train_ids",
-        "num_test_ids",
-        "num_cameras",
-        "images_per_id_per_camera",
-        "num_distractors",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=defaults[name].default)
-    p.add_argument("--height", type=int, default=defaults["image_size"].default[0])
-    p.add_argument("--width", type=int, default=defaults["image_size"].default[1])
-    a = vars(p.parse_args(argv))
-    root, size = a.pop("root"), (a.pop("height"), a.pop("width"))
-    out = generate_synthetic(root, image_size=size, **a)
-    print(json.loads((out / MARKER_NAME).read_text())["counts"])
-
-
-if __name__ == "__main__":
-    main()

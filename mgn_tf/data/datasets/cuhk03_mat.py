@@ -12,14 +12,18 @@ references into ``#refs#`` and stores every array with its axes reversed, hence 
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mgn_tf.data.datasets import DatasetLayoutError, Item
+from mgn_tf.data.datasets.base import DatasetLayoutError, Item
+from mgn_tf.files import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    import h5py
 
 VARIANTS = ("labeled", "detected")
 MARKER = ".extraction_complete"
@@ -112,7 +116,6 @@ def extract_images(mat_path: str | Path, variant: str, names: list[str], out_dir
     Every image goes to a hidden temp name first and is then renamed, so a file with its final name is
     always complete; a marker file records a finished extraction, after which nothing is re-read.
     """
-    import h5py
     from PIL import Image
 
     if variant not in VARIANTS:
@@ -124,47 +127,68 @@ def extract_images(mat_path: str | Path, variant: str, names: list[str], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [name for name in names if not (out_dir / name).is_file()]
     if todo:
-        try:
-            mat = h5py.File(mat_path, "r")
-        except OSError as err:
-            raise DatasetLayoutError(
-                f"cuhk03: cannot read {mat_path} as a MATLAB v7.3 (HDF5) file: {err}"
-            ) from err
-        with mat:
-            if variant not in mat:
-                raise DatasetLayoutError(
-                    f"cuhk03: {mat_path} has no {variant!r} cell (expected {', '.join(VARIANTS)}); "
-                    f"found: {', '.join(mat.keys())}"
-                )
-            pair_refs = np.asarray(mat[variant][()]).ravel()
-            tables: dict[int, np.ndarray] = {}
+        with _open_mat(mat_path) as mat:
+            cells = _CellReader(mat, Path(mat_path), variant)
             for name in todo:
-                pair, person, col = parse_image_name(name)
-                if pair >= len(pair_refs):
-                    raise DatasetLayoutError(
-                        f"cuhk03: {name}: {mat_path} has only {len(pair_refs)} camera pairs"
-                    )
-                if pair not in tables:
-                    tables[pair] = np.asarray(mat[pair_refs[pair]][()]).T  # (persons, 10) references
-                table = tables[pair]
-                if table.ndim != 2 or table.shape[1] != 10 or person >= table.shape[0]:
-                    raise DatasetLayoutError(
-                        f"cuhk03: {name}: camera pair {pair + 1} of {mat_path} is a {table.shape} cell, "
-                        f"expected (persons, 10) with at least {person + 1} persons"
-                    )
-                image = np.asarray(mat[table[person, col]][()]).T  # HDF5 (3, W, H) → (H, W, 3)
-                if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                    raise DatasetLayoutError(
-                        f"cuhk03: {name}: cell ({person + 1}, {col + 1}) of camera pair {pair + 1} in "
-                        f"{mat_path} is not an H×W×3 uint8 image (shape {image.shape}, {image.dtype})"
-                    )
-                tmp = out_dir / f".{name}.tmp"
-                Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-                os.replace(tmp, out_dir / name)
-    tmp_marker = out_dir / f"{MARKER}.tmp"
-    tmp_marker.write_text(f"{len(names)} {variant} images from {Path(mat_path).name}\n")
-    os.replace(tmp_marker, marker)
+                image = Image.fromarray(np.ascontiguousarray(cells.image(name)))
+                with atomic_path(out_dir / name) as tmp:
+                    image.save(tmp, format="PNG")
+    atomic_write_text(marker, f"{len(names)} {variant} images from {Path(mat_path).name}\n")
     return len(todo)
+
+
+def _open_mat(mat_path: str | Path) -> h5py.File:
+    """``cuhk-03.mat`` opened with h5py (MATLAB v7.3 files are HDF5)."""
+    import h5py
+
+    try:
+        return h5py.File(mat_path, "r")
+    except OSError as err:
+        raise DatasetLayoutError(
+            f"cuhk03: cannot read {mat_path} as a MATLAB v7.3 (HDF5) file: {err}"
+        ) from err
+
+
+class _CellReader:
+    """The images of one variant's cell in an open ``cuhk-03.mat``, one camera-pair table read at a time."""
+
+    def __init__(self, mat: h5py.File, mat_path: Path, variant: str) -> None:
+        if variant not in mat:
+            raise DatasetLayoutError(
+                f"cuhk03: {mat_path} has no {variant!r} cell (expected {', '.join(VARIANTS)}); "
+                f"found: {', '.join(mat.keys())}"
+            )
+        self.mat, self.mat_path = mat, mat_path
+        self.pair_refs = np.asarray(mat[variant][()]).ravel()
+        self.tables: dict[int, np.ndarray] = {}
+
+    def image(self, name: str) -> np.ndarray:
+        """The H×W×3 uint8 image that ``name`` (``<pair>_<person>_<camera>_<column>.png``) refers to."""
+        pair, person, col = parse_image_name(name)
+        table = self._table(name, pair, person)
+        image = np.asarray(self.mat[table[person, col]][()]).T  # HDF5 (3, W, H) → (H, W, 3)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DatasetLayoutError(
+                f"cuhk03: {name}: cell ({person + 1}, {col + 1}) of camera pair {pair + 1} in "
+                f"{self.mat_path} is not an H×W×3 uint8 image (shape {image.shape}, {image.dtype})"
+            )
+        return image
+
+    def _table(self, name: str, pair: int, person: int) -> np.ndarray:
+        """The (persons, 10) reference table of camera pair ``pair``, checked to hold ``person``."""
+        if pair >= len(self.pair_refs):
+            raise DatasetLayoutError(
+                f"cuhk03: {name}: {self.mat_path} has only {len(self.pair_refs)} camera pairs"
+            )
+        if pair not in self.tables:
+            self.tables[pair] = np.asarray(self.mat[self.pair_refs[pair]][()]).T  # (persons, 10) references
+        table = self.tables[pair]
+        if table.ndim != 2 or table.shape[1] != 10 or person >= table.shape[0]:
+            raise DatasetLayoutError(
+                f"cuhk03: {name}: camera pair {pair + 1} of {self.mat_path} is a {table.shape} cell, "
+                f"expected (persons, 10) with at least {person + 1} persons"
+            )
+        return table
 
 
 def load_new_protocol(
