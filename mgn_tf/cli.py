@@ -45,7 +45,5 @@ def run(main: Callable[[list[str]], int], define_flags: Callable[[], Iterable[st
     for name in define_flags():
         # absl's --help lists the key flags of the module named by sys.argv[0]: the script or console entry.
         F.register_key_flag_for_module(sys.argv[0], F[name])
-    main_module = sys.modules["__main__"]
-    if not (main_module.__doc__ or "").strip():
-        main_module.__doc__ = doc
+    sys.modules["__main__"].__doc__ = doc  # absl's usage text; the entry may be a console script
     app.run(main, flags_parser=_parse)

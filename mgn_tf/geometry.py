@@ -27,7 +27,7 @@ def feature_map_sizes(size: Sequence[int]) -> tuple[InputSize, InputSize]:
     """(Global branch map, Part branch map) as (rows, columns) for an input (height, width)."""
     height, width = int(size[0]), int(size[1])
     part = (_ceil_div(height, PART_STRIDE), _ceil_div(width, PART_STRIDE))
-    return (_ceil_div(part[0], 2), _ceil_div(part[1], 2)), part
+    return (_ceil_div(height, GLOBAL_STRIDE), _ceil_div(width, GLOBAL_STRIDE)), part
 
 
 def check_input_size(size: Sequence[int]) -> InputSize:

@@ -127,7 +127,7 @@ class Embedder:
                 for batch in image_batches(paths, self.input_size, batch_size):
                     outputs.append(self._embed_batch(batch.numpy(), flip, normalize))
                     bar.update(len(outputs[-1]))
-        except tf.errors.InvalidArgumentError as exc:  # tf.data does not say which file: find it
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:  # which file? find it
             raise find_unreadable(paths, self.input_size) or exc from exc
         return self._stack(outputs)
 

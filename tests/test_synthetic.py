@@ -47,7 +47,7 @@ def _hashes(root: Path) -> dict[str, str]:
 # (first 16 hex digits) of every image's RGB pixels as handed to the JPEG encoder, and of the two text
 # files. Pixels rather than JPEG bytes, so a libjpeg upgrade in Pillow does not break the test; a change
 # in the drawing code or in the order of random draws does. Seed 25 with these counts draws every
-# pattern, view, bag, hair and lower-clothing branch but two (measured with the `trace` module).
+# pattern, view, bag, hair and lower-clothing branch but two (checked with the `trace` module).
 PINNED = dict(
     num_train_ids=4,
     num_test_ids=4,
@@ -249,5 +249,5 @@ def test_identity_signal_is_real_but_not_trivial(tmp_path: Path) -> None:
         q = _histograms(root, "query", gw)
         g = _histograms(root, "bounding_box_test", gw)
         rank1[gw] = _rank1(*q, *g)
-    assert 6 * chance < rank1[True] < 0.85, rank1  # measured 0.49 (seeds 0-5: 0.43-0.60)
-    assert rank1[False] < rank1[True], rank1  # the camera colour cast matters (measured 0.17)
+    assert 6 * chance < rank1[True] < 0.85, rank1  # learnable, but not by colour alone
+    assert rank1[False] < rank1[True], rank1  # the camera colour cast matters

@@ -128,13 +128,6 @@ def start_conversion(
     return OnnxConversion(out_path, process, Path(log_name), info or {}, time.perf_counter())
 
 
-def export_onnx(saved_model_dir: str | Path, out_path: str | Path, opset: int = DEFAULT_OPSET, info=None):
-    """Converts and waits; returns the finished OnnxConversion (path, peak RSS, seconds)."""
-    conversion = start_conversion(saved_model_dir, out_path, opset, info)
-    conversion.wait()
-    return conversion
-
-
 def add_metadata(path: Path, entries: dict[str, str]) -> None:
     """Adds `metadata_props` entries to an ONNX file without parsing it.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mgn_tf.evaluation.metrics import l2_normalize
 from mgn_tf.files import image_files as _folder_images
 
 # Formats tf.io.decode_image (the server's decoder) reads, by their leading bytes (JPEG XL left out).
@@ -73,9 +74,7 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 def cosine_ranking(query: np.ndarray, gallery: np.ndarray, top_k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the indices and cosine similarities of the `top_k` most similar gallery rows."""
-    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-    g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
-    similarity = q @ g.T
+    similarity = l2_normalize(query) @ l2_normalize(gallery).T
     order = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
     return order, np.take_along_axis(similarity, order, axis=1)
 

@@ -35,17 +35,6 @@ def build_predict_request(images: Sequence[bytes], signature_name: str = SIGNATU
     }
 
 
-def decode_instances(request: dict) -> list[bytes]:
-    """What TF Serving feeds the string input for `request`: each {"b64": ...} instance base64-decoded."""
-    values = []
-    for instance in request["instances"]:
-        if isinstance(instance, dict) and set(instance) == {"b64"}:
-            values.append(base64.b64decode(instance["b64"], validate=True))
-        else:
-            raise ValueError(f"expected instances of the form {{'b64': ...}}, got {str(instance)[:80]}")
-    return values
-
-
 def parse_predict_response(body: dict) -> np.ndarray:
     """Embeddings [N, D] float32 from a predict response; raises RuntimeError for a server error."""
     if "error" in body:
