@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.training import make_trainer, tiny_batch
 
 from mgn_tf.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
-from mgn_tf.model import build_mgn
-from mgn_tf.optimizer import SGDL2
-from mgn_tf.trainer import MGNTrainer
 
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (8, 96, 32, 3)).astype(np.float32)
-    labels = np.repeat([3, 0, 2, 1], 2).astype(np.int32)
-    return images, labels
-
-
-def make_trainer(seed: int = 0) -> MGNTrainer:
-    keras.utils.set_random_seed(seed)
-    trainer = MGNTrainer(build_mgn(4, (96, 32)))
-    trainer.compile(optimizer=SGDL2(0.01))
-    return trainer
+    return tiny_batch()
 
 
 def test_latest_checkpoint_ignores_unfinished_and_foreign_folders(tmp_path):

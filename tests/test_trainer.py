@@ -12,30 +12,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.training import make_trainer, tiny_batch
 
 from mgn_tf.losses import softmax_per_example, triplet_per_example
-from mgn_tf.model import build_mgn
-from mgn_tf.optimizer import SGDL2
-from mgn_tf.trainer import MGNTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (8, 96, 32, 3)).astype(np.float32)
-    labels = np.repeat([3, 0, 2, 1], 2).astype(np.int32)
-    return images, labels
-
-
-def make_trainer(seed: int = 0, weights: tuple[float, float] = (1.0, 1.0)) -> MGNTrainer:
-    keras.utils.set_random_seed(seed)
-    trainer = MGNTrainer(
-        build_mgn(4, (96, 32)), margin=1.2, softmax_weight=weights[0], triplet_weight=weights[1]
-    )
-    trainer.compile(optimizer=SGDL2(0.01))
-    return trainer
+    return tiny_batch()
 
 
 @pytest.mark.own_worker_unit(minutes=2)
