@@ -9,6 +9,7 @@ import platform
 import shlex
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -26,9 +27,10 @@ def machine() -> dict:
         pass
     versions = {"python": platform.python_version()}
     for name in ("numpy", "scipy", "tensorflow", "keras", "onnxruntime", "tf2onnx"):
-        module = sys.modules.get(name)
-        if module is not None:
-            versions[name] = getattr(module, "__version__", "?")
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "versions": versions}
 
 

@@ -22,6 +22,7 @@ from mgn_tf.config import TrainConfig
 from mgn_tf.data.datasets import Split, load_dataset
 from mgn_tf.data.pipeline import batches_per_epoch, train_dataset
 from mgn_tf.errors import ConfigError
+from mgn_tf.evaluation.pipeline import check_split, evaluate
 from mgn_tf.files import atomic_path, atomic_write_json
 from mgn_tf.model import build_mgn
 from mgn_tf.optimizer import make_optimizer, step_decay_schedule
@@ -146,6 +147,9 @@ def train(config: TrainConfig) -> dict:
     options = dict(config.dataset_options)
     split = load_dataset(config.dataset, config.data_dir, **options)
     print(split.summary(), flush=True)
+    evaluate_at_end = config.eval_at_end and chief and bool(split.query and split.gallery)
+    if evaluate_at_end:  # before hours of training, not after them
+        check_split(split, config.evaluation)
     paths, labels = _training_items(config, split, run_dir)
     num_classes = int(labels.max()) + 1
     if num_classes < config.p:
@@ -249,9 +253,8 @@ def train(config: TrainConfig) -> dict:
     print(f"Saved {final}", flush=True)
     print(f"Training took {train_seconds:.1f} s in this process", flush=True)
 
-    if not (config.eval_at_end and chief and split.query and split.gallery):
+    if not evaluate_at_end:
         return {}
-    from mgn_tf.evaluation.pipeline import evaluate
     from mgn_tf.inference import KerasEmbedder
 
     # The run directory as the path, as `python -m mgn_tf.evaluate --run_dir` records it.

@@ -74,7 +74,7 @@ def dataset(tmp_path_factory) -> Path:
 # --- bad flags fail before any work -------------------------------------------------------------------
 
 
-def test_cli_rejects_bad_flags_before_work(tmp_path):
+def test_cli_rejects_bad_flags_before_work(tmp_path, dataset):
     unknown = run_train("--no_such_flag=3", timeout=120)
     assert unknown.returncode == 2 and "no_such_flag" in unknown.stderr
     assert "Traceback" not in unknown.stderr
@@ -86,6 +86,16 @@ def test_cli_rejects_bad_flags_before_work(tmp_path):
     assert bad.returncode == 2
     assert "--p=1" in bad.stderr and ">= 2" in bad.stderr
     assert not (tmp_path / "run").exists(), "nothing may be written for an invalid configuration"
+    # an evaluation the dataset cannot give is refused before training, not after it
+    no_gt_bbox = run_train(
+        "--dataset=folder",
+        f"--data_dir={dataset}",
+        f"--run_dir={tmp_path / 'mq'}",
+        *TINY,
+        "--multi_query=avg",
+    )
+    assert no_gt_bbox.returncode == 2 and "--multi_query=avg" in no_gt_bbox.stderr, no_gt_bbox.stderr[-2000:]
+    assert not (tmp_path / "mq" / "checkpoints").exists()
 
 
 # --- a full small run, with bad files in the data ------------------------------------------------------
