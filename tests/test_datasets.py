@@ -133,19 +133,18 @@ def test_data_modules_are_found() -> None:
     )
 
 
-@pytest.mark.parametrize("module", _data_modules())
+@pytest.mark.parametrize("module", [m for m in _data_modules() if m not in _TF_MODULES])
 def test_module_imports_first_and_alone(module: str) -> None:
-    """Imported first in a fresh interpreter (an import cycle fails for one of its members this way)."""
+    """Imported first in a fresh interpreter (an import cycle fails for one of its members this way), and
+    without TensorFlow or Keras (the readers only list files). tests/test_packaging.py checks the whole
+    package for import cycles."""
     check = f"import sys, {module}; print(sorted({{'tensorflow', 'keras'}} & set(sys.modules)))"
     if module.startswith("mgn_tf.data.datasets"):  # its docstring promises: no PIL for reading names
         check = check.replace("'keras'", "'keras', 'PIL'")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"import {module} fails in a fresh interpreter:\n{done.stderr[-3000:]}"
     heavy = ast.literal_eval(done.stdout.strip().splitlines()[-1])
-    if module in _TF_MODULES:
-        assert "tensorflow" in heavy
-    else:
-        assert heavy == [], f"import {module} imports {heavy}"
+    assert heavy == [], f"import {module} imports {heavy}"
 
 
 # ------------------------------------------------------------------------------------------ Market-1501
