@@ -30,7 +30,7 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer_state(tmp_path):
     trainer = make_trainer()
     trainer.optimizer.build(trainer.trainable_variables)
     rng = np.random.default_rng(0)
-    trainer.set_weights(
+    trainer.set_weights(  # abs: every BatchNorm moving variance stays positive
         [np.abs(w + rng.normal(0, 0.1, w.shape)).astype(w.dtype) for w in trainer.get_weights()]
     )
     for _ in range(2):

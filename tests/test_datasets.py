@@ -136,8 +136,8 @@ def test_data_modules_are_found() -> None:
 @pytest.mark.parametrize("module", [m for m in _data_modules() if m not in _TF_MODULES])
 def test_module_imports_first_and_alone(module: str) -> None:
     """Imported first in a fresh interpreter (an import cycle fails for one of its members this way), and
-    without TensorFlow or Keras (the readers only list files). tests/test_packaging.py checks the whole
-    package for import cycles."""
+    without TensorFlow or Keras: only `_TF_MODULES` are built on them. tests/test_packaging.py checks the
+    whole package for import cycles."""
     check = f"import sys, {module}; print(sorted({{'tensorflow', 'keras'}} & set(sys.modules)))"
     if module.startswith("mgn_tf.data.datasets"):  # its docstring promises: no PIL for reading names
         check = check.replace("'keras'", "'keras', 'PIL'")
