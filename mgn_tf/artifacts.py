@@ -9,10 +9,12 @@ Run directory (``--run_dir``)::
 
     config.json                       the run's TrainConfig + num_classes, steps_per_epoch, ...
     checkpoints/step_NNNNNNNN/        trainer.weights.h5 (model + optimizer state) and state.json
+    checkpoints/rejected/             checkpoints whose weights gave a non-finite loss (kept, not resumed)
     final.weights.h5                  the trained `build_mgn` model's weights
     eval/results.json, eval/*.png     the final evaluation (the same files `python -m mgn_tf.evaluate` writes)
     history.csv, logs/                per-epoch loss terms, TensorBoard
     data_scan.json, skipped_images.txt, converted_images/   what the pre-training data scan found
+    replaced_images.json              images unreadable during training and the substitutes trained instead
     workers/worker_i/                 resume state of worker i > 0 under MultiWorkerMirroredStrategy
 
 Exported artefacts: a SavedModel in TF Serving's layout ``<name>/<version>/`` with the signatures
@@ -37,6 +39,7 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_WEIGHTS = "trainer.weights.h5"
 CHECKPOINT_STATE = "state.json"
+REJECTED_DIR = "rejected"  # checkpoints/rejected/: set aside after a non-finite loss (their weights gave it)
 HISTORY_CSV = "history.csv"
 LOGS_DIR = "logs"
 EVAL_DIR = "eval"
@@ -44,6 +47,7 @@ RESULTS_JSON = "results.json"
 SCAN_JSON = "data_scan.json"
 SKIPPED_TXT = "skipped_images.txt"
 CONVERTED_DIR = "converted_images"
+REPLACED_JSON = "replaced_images.json"  # training images unreadable mid-run and what replaced them
 WORKERS_DIR = "workers"
 REQUIRED_CONFIG_KEYS = ("num_classes", "input_height", "input_width")
 WEIGHTS_SUFFIX = ".weights.h5"

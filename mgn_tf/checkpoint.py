@@ -2,8 +2,9 @@
 
 A checkpoint is `checkpoints/step_NNNNNNNN/` holding `trainer.weights.h5` (model weights, BatchNorm
 statistics and optimizer state, iteration count included) and `state.json`. Position in the run is the
-optimizer's iteration count, from which the epoch and the step within it follow; the data pipeline and
-the learning-rate schedule are pure functions of that position, so resuming is exact.
+number of batches trained (`BatchCounter`; not the optimizer's iteration count, which a mixed-precision
+loss-scale optimizer does not advance on the steps it skips), from which the epoch and the step within it
+follow; the data pipeline is a pure function of that position, so resuming is exact.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import keras
 from mgn_tf.artifacts import (
     CHECKPOINT_STATE,
     CHECKPOINT_WEIGHTS,
+    REJECTED_DIR,
     checkpoint_dir_name,
     checkpoint_step,
     published_checkpoints,
@@ -26,7 +28,17 @@ from mgn_tf.artifacts import (
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the message names the step and the loss term."""
+    """Training produced a NaN or infinite loss; the message names the step and the loss term.
+
+    `step`: the 1-based training step whose loss was not finite; `resume_from`: the step of the checkpoint
+    a restart resumes from (0: the start); `rejected`: checkpoints moved aside because their weights gave
+    that loss."""
+
+    def __init__(self, message: str, step: int, resume_from: int, rejected: list[Path]):
+        super().__init__(message)
+        self.step = step
+        self.resume_from = resume_from
+        self.rejected = rejected
 
 
 def _fsync_dir(path: Path) -> None:
@@ -80,19 +92,39 @@ def restore_checkpoint(model: keras.Model, path: str | Path) -> dict:
     return json.loads((path / CHECKPOINT_STATE).read_text())
 
 
-class CheckpointCallback(keras.callbacks.Callback):
-    """Saves every `every_steps` optimizer steps (0: never mid-epoch) and at the end of every epoch."""
+class BatchCounter(keras.callbacks.Callback):
+    """The run's position: batches trained so far, from `start` (the resumed checkpoint's step). Listed
+    first among the callbacks, so the others read the position of the batch that just ended."""
 
-    def __init__(self, checkpoint_dir: str | Path, steps_per_epoch: int, every_steps: int = 0, keep: int = 2):
+    def __init__(self, start: int = 0):
+        super().__init__()
+        self.position = start
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.position += 1
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves every `every_steps` batches (0: never mid-epoch) and at the end of every epoch."""
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        steps_per_epoch: int,
+        counter: BatchCounter,
+        every_steps: int = 0,
+        keep: int = 2,
+    ):
         super().__init__()
         self.checkpoint_dir = Path(checkpoint_dir)
         self.steps_per_epoch = steps_per_epoch
+        self.counter = counter
         self.every_steps = every_steps
         self.keep = keep
         self.last_saved = -1
 
     def _save(self) -> None:
-        step = int(self.model.optimizer.iterations.numpy())
+        step = self.counter.position
         if step == self.last_saved:
             return
         state = {"epoch": step // self.steps_per_epoch, "step_in_epoch": step % self.steps_per_epoch}
@@ -102,8 +134,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.last_saved = step
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if self.every_steps and step % self.every_steps == 0:
+        if self.every_steps and self.counter.position % self.every_steps == 0:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -111,25 +142,59 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss term, before any checkpoint of the bad weights."""
+    """Stops training at the first non-finite loss term. The loss of step N is computed with the weights
+    after step N-1, so a checkpoint of step N-1 holds weights that give a non-finite loss: it is moved to
+    `checkpoints/rejected/`, and the newest remaining checkpoint is the one to resume from."""
 
-    def __init__(self, terms: tuple[str, ...] = ("loss", "softmax", "triplet")):
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        counter: BatchCounter,
+        steps_per_epoch: int,
+        terms: tuple[str, ...] = ("loss", "softmax", "triplet"),
+    ):
         super().__init__()
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.counter = counter
+        self.steps_per_epoch = steps_per_epoch
         self.terms = terms
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
         bad = [t for t in self.terms if t in logs and not math.isfinite(float(logs[t]))]
-        if bad:
-            step = int(self.model.optimizer.iterations.numpy())
-            values = ", ".join(f"{t}={float(logs[t])}" for t in bad)
-            raise NonFiniteLossError(
-                f"non-finite loss at training step {step} (epoch {epoch_of(step, self.params)}, batch "
-                f"{batch + 1}): {values}. The weights of this step were not saved; the last good "
-                "checkpoint is kept. Lower --lr or check the data."
-            )
+        if not bad:
+            return
+        step = self.counter.position  # 1-based number of the step that just ended
+        rejected = []
+        for folder in published_checkpoints(self.checkpoint_dir):
+            if checkpoint_step(folder) >= step - 1:
+                target = self.checkpoint_dir / REJECTED_DIR / folder.name
+                target.parent.mkdir(exist_ok=True)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(folder, target)
+                rejected.append(target)
+        latest = latest_checkpoint(self.checkpoint_dir)
+        resume_from = checkpoint_step(latest) if latest is not None else 0
+        values = ", ".join(f"{t}={float(logs[t])}" for t in bad)
+        kept = (
+            f"checkpoint step {resume_from} is the last whose weights gave finite losses"
+            if latest
+            else ("no checkpoint gave only finite losses: a restart begins at step 0")
+        )
+        moved = (
+            f"; moved {', '.join(str(r) for r in rejected)} aside (its weights gave this loss)"
+            if (rejected)
+            else ""
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at training step {step} (epoch {epoch_of(step, self.steps_per_epoch)}, batch "
+            f"{batch + 1}): {values}. The weights of this step were not saved; {kept}{moved}",
+            step=step,
+            resume_from=resume_from,
+            rejected=rejected,
+        )
 
 
-def epoch_of(step: int, params: dict | None) -> str:
-    steps = (params or {}).get("steps")
-    return str(step // steps + 1) if steps else "?"
+def epoch_of(step: int, steps_per_epoch: int) -> int:
+    """The 1-based epoch of the 1-based training `step`."""
+    return (step - 1) // steps_per_epoch + 1

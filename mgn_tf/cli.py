@@ -25,6 +25,13 @@ def error(message: object) -> int:
     return EXIT_USAGE
 
 
+def import_tensorflow():
+    """TensorFlow, imported with its start-up noise hidden unless --tf_startup_log (`mgn_tf.runtime`)."""
+    from mgn_tf.runtime import import_tensorflow as load
+
+    return load(show_startup_log=bool(F["tf_startup_log"].value) if "tf_startup_log" in F else False)
+
+
 def _parse(argv: list[str]) -> list[str]:
     try:
         return F(argv)
@@ -42,7 +49,13 @@ def run(main: Callable[[list[str]], int], define_flags: Callable[[], Iterable[st
     `doc` is the usage text of --help (the tool module's docstring), also when run as a console script.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in define_flags():
+    if "tf_startup_log" not in F:
+        flags.DEFINE_bool(
+            "tf_startup_log",
+            False,
+            "Show TensorFlow's start-up lines (CUDA probe, CPU features) that are hidden by default.",
+        )
+    for name in [*define_flags(), "tf_startup_log"]:
         # absl's --help lists the key flags of the module named by sys.argv[0]: the script or console entry.
         F.register_key_flag_for_module(sys.argv[0], F[name])
     sys.modules["__main__"].__doc__ = doc  # absl's usage text; the entry may be a console script

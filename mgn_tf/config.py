@@ -19,6 +19,56 @@ from mgn_tf.geometry import InputSize, check_input_size
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 OPTIMIZERS = ("sgd", "adam")
+ON_BAD_FILE = ("substitute", "stop")  # what the training pipeline does with a file gone bad mid-run
+
+# Resume: every setting in a run's config.json is compared with the resumed run's, except these, which
+# change neither the model, the data order nor the optimisation (only how, where or how loudly it runs).
+# A new TrainConfig field is compared unless it is added here, with the reason.
+NOT_COMPARED_ON_RESUME: dict[str, str] = {
+    "run_dir": "the run folder itself (it may have been moved)",
+    "epochs": "may grow: the order of every epoch depends only on --seed and its index (checked: not "
+    "below the epochs already trained)",
+    "deterministic": "bit-exact execution, not a different computation",
+    "strategy": "the devices (the global batch and its order stay the same)",
+    "cpu_replicas": "the devices (the global batch and its order stay the same)",
+    "num_replicas": "the devices (the global batch and its order stay the same)",
+    "xla": "compilation, not a different computation",
+    "checkpoint_every_steps": "when checkpoints are written",
+    "scan_data": "the scan itself (what it removes shows in num_train_images, which is compared)",
+    "strict_data": "whether a bad file stops the run",
+    "on_bad_file": "what happens to a file that goes bad mid-run (every replacement is listed)",
+    "eval_at_end": "the evaluation after training",
+    "evaluation": "the evaluation after training",
+    "verbose": "console output",
+    "resume_override": "the override request itself (recorded in resume_overrides)",
+    "resume_overrides": "the record of earlier overrides",
+    "dataset_summary": "a description of the dataset (its training part is compared through num_classes "
+    "and num_train_images)",
+    "versions": "library versions (a resume may run on another installation)",
+}
+# Compared settings a user may change on resume with --resume_override=<name>[,...]: optimisation
+# hyper-parameters, applied from the resumed step on. The rest would make the saved state meaningless
+# (model shape, data order, the position of a step) and can never be overridden.
+RESUME_OVERRIDABLE = (
+    "lr",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "momentum",
+    "weight_decay",
+    "margin",
+    "softmax_weight",
+    "triplet_weight",
+    "flip",
+    "mixed_precision",
+)
+# Keys of TrainConfig.dataset_options -> the flag that sets them (mgn_tf.flags.dataset_options_from_flags).
+OPTION_FLAGS = {"variant": "cuhk03_variant", "split_seed": "split_seed", "use_val": "msmt17_use_val"}
+# config.json entries the engine adds to the TrainConfig fields, as a user would read them.
+DERIVED_NAMES = {
+    "num_classes": "training identities",
+    "num_train_images": "training images",
+    "steps_per_epoch": "steps per epoch",
+}
 
 
 @dataclass
@@ -55,6 +105,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     scan_data: bool = True
     strict_data: bool = False
+    on_bad_file: str = "substitute"
+    resume_override: tuple[str, ...] = ()
     eval_at_end: bool = True
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     verbose: int = 1
@@ -99,6 +151,13 @@ class TrainConfig:
         need(
             self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0 = every epoch only)"
         )
+        need(self.on_bad_file in ON_BAD_FILE, "on_bad_file", f"accepted values: {', '.join(ON_BAD_FILE)}")
+        for name in self.resume_override:
+            if name not in RESUME_OVERRIDABLE:
+                raise ConfigError(
+                    f"--resume_override={','.join(self.resume_override)}: {name!r} cannot be overridden "
+                    f"on resume (accepted: {', '.join(RESUME_OVERRIDABLE)})"
+                )
         self.evaluation.validate()
         try:
             check_input_size(self.input_size)
@@ -122,3 +181,52 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _setting_name(key: str) -> str:
+    if key in DERIVED_NAMES:
+        return f"{DERIVED_NAMES[key]} ({key})"
+    if key.startswith("dataset_options."):
+        option = key.split(".", 1)[1]
+        return f"--{OPTION_FLAGS.get(option, option)}"
+    return f"--{key}"
+
+
+def _flatten(record: dict) -> dict:
+    """config.json entries with each dataset option as its own setting."""
+    flat = {k: v for k, v in record.items() if k != "dataset_options"}
+    for option, value in (record.get("dataset_options") or {}).items():
+        flat[f"dataset_options.{option}"] = value
+    return flat
+
+
+def resume_changes(old: dict, new: dict) -> dict[str, tuple[object, object]]:
+    """Compared settings that differ between a run's config.json (`old`) and a resumed run's record
+    (`new`): {key: (old value, new value)}. A key missing on one side counts as a change (None)."""
+    old, new = _flatten(old), _flatten(new)
+    keys = sorted((set(old) | set(new)) - set(NOT_COMPARED_ON_RESUME))
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+
+
+def check_resume(old: dict, new: dict, overrides: tuple[str, ...], at_step: int) -> list[dict]:
+    """Refuses a resume into a different experiment: ConfigError naming every changed setting with both
+    values, unless each is listed in `overrides` (--resume_override). Returns the overrides applied,
+    as config.json records them ({"step", "setting", "from", "to"})."""
+    changes = resume_changes(old, new)
+    refused = {k: v for k, v in changes.items() if k not in overrides}
+    if refused:
+        detail = "; ".join(f"{_setting_name(k)}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        hint = [k for k in refused if k in RESUME_OVERRIDABLE]
+        advice = (
+            f", or pass --resume_override={','.join(hint)} to continue with the new value"
+            + ("s" if len(hint) > 1 else "")
+            if hint and len(hint) == len(refused)
+            else ""
+        )
+        raise ConfigError(
+            f"the run in {new.get('run_dir')} was started with other settings ({detail}); resume with the "
+            f"same flags or choose a new --run_dir{advice}"
+        )
+    return [
+        {"step": at_step, "setting": k, "from": a, "to": b} for k, (a, b) in changes.items() if k in overrides
+    ]

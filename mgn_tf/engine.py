@@ -17,10 +17,16 @@ import numpy as np
 import tensorflow as tf
 
 from mgn_tf import artifacts
-from mgn_tf.checkpoint import CheckpointCallback, NonFiniteGuard, latest_checkpoint, restore_checkpoint
-from mgn_tf.config import TrainConfig
+from mgn_tf.checkpoint import (
+    BatchCounter,
+    CheckpointCallback,
+    NonFiniteGuard,
+    latest_checkpoint,
+    restore_checkpoint,
+)
+from mgn_tf.config import TrainConfig, check_resume
 from mgn_tf.data.datasets import Split, load_dataset
-from mgn_tf.data.pipeline import batches_per_epoch, train_dataset
+from mgn_tf.data.pipeline import BadFileLog, batches_per_epoch, train_dataset
 from mgn_tf.errors import ConfigError
 from mgn_tf.evaluation.pipeline import check_split, evaluate
 from mgn_tf.files import atomic_path, atomic_write_json
@@ -28,21 +34,6 @@ from mgn_tf.model import build_mgn
 from mgn_tf.optimizer import make_optimizer, step_decay_schedule
 from mgn_tf.runtime import ONEDNN_ENV, onednn_off
 from mgn_tf.trainer import MGNTrainer
-
-# Settings that must match between a run directory's config.json and a resumed run.
-RESUME_KEYS = (
-    "dataset",
-    "input_height",
-    "input_width",
-    "p",
-    "k",
-    "seed",
-    "optimizer",
-    "lr",
-    "lr_decay_epochs",
-    "num_classes",
-)
-# (--epochs may grow on resume: the order of every epoch depends only on --seed and its index.)
 
 
 def configure_runtime(config: TrainConfig) -> None:
@@ -107,17 +98,63 @@ def worker_run_dir(run_dir: Path, strategy: tf.distribute.Strategy) -> tuple[Pat
     return (run_dir if chief else folder), chief
 
 
-def _check_resume_config(run_dir: Path, record: dict) -> None:
+class ReplacementRecord(keras.callbacks.Callback):
+    """Writes `replaced_images.json` (the training images unreadable mid-run and what was trained instead)
+    at every epoch end and when training stops, for the batches trained so far; a resumed run keeps the
+    entries of the steps before it."""
+
+    def __init__(self, path: Path, log: BadFileLog, counter: BatchCounter):
+        super().__init__()
+        self.path = path
+        self.log = log
+        self.counter = counter
+        self.start = counter.position
+        earlier = json.loads(path.read_text())["replacements"] if path.is_file() else []
+        self.earlier = [r for r in earlier if r["step"] <= self.start]
+        self.written = len(self.earlier)
+
+    def entries(self) -> list[dict]:
+        return self.earlier + [r.to_dict() for r in self.log.replacements(up_to_step=self.counter.position)]
+
+    def write(self) -> None:
+        entries = self.entries()
+        if len(entries) == self.written and (self.path.is_file() or not entries):
+            return
+        per_file: dict[str, int] = {}
+        for entry in entries:
+            per_file[entry["original"]] = per_file.get(entry["original"], 0) + 1
+        atomic_write_json(self.path, {"count": len(entries), "per_file": per_file, "replacements": entries})
+        self.written = len(entries)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write()
+
+    def on_train_end(self, logs=None):
+        self.write()
+
+
+def _check_resume(run_dir: Path, record: dict, config: TrainConfig, done: int) -> None:
+    """Refuses to resume the run in `run_dir` with settings that change the experiment (ConfigError
+    naming each, exit 2), applies --resume_override, and records the overrides in `record`."""
     path = run_dir / artifacts.CONFIG_NAME
     if not path.is_file():
+        if config.resume_override:
+            print(f"--resume_override: no run to resume in {run_dir}; starting a new one", flush=True)
         return
     old = json.loads(path.read_text())
-    changed = [k for k in RESUME_KEYS if k in old and old[k] != record.get(k)]
-    if changed:
-        detail = ", ".join(f"--{k}: {old[k]!r} -> {record.get(k)!r}" for k in changed)
+    applied = check_resume(old, record, config.resume_override, done)
+    for change in applied:
+        print(
+            f"--resume_override: {change['setting']} {change['from']!r} -> {change['to']!r} from step "
+            f"{done} (recorded in {path})",
+            flush=True,
+        )
+    record["resume_overrides"] = list(old.get("resume_overrides", [])) + applied
+    trained_epochs = -(-done // record["steps_per_epoch"])
+    if config.epochs * record["steps_per_epoch"] < done:
         raise ConfigError(
-            f"{run_dir} holds a run with different settings ({detail}); resume with the same flags "
-            "or choose a new --run_dir"
+            f"--epochs={config.epochs}: the run in {run_dir} has already trained {done} steps "
+            f"({trained_epochs} epochs); --epochs may grow on resume, not shrink below that"
         )
 
 
@@ -161,6 +198,9 @@ def train(config: TrainConfig) -> dict:
             f"--p={config.p} must be a multiple of the {replicas} replicas (whole K-groups each)"
         )
 
+    checkpoint_dir = run_dir / artifacts.CHECKPOINTS_DIR
+    latest = latest_checkpoint(checkpoint_dir)
+    done = artifacts.checkpoint_step(latest) if latest is not None else 0
     record = {
         **config.to_json(),
         "num_classes": num_classes,
@@ -170,7 +210,7 @@ def train(config: TrainConfig) -> dict:
         "dataset_summary": split.summary(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
-    _check_resume_config(run_dir, record)
+    _check_resume(run_dir, record, config, done)
     atomic_write_json(run_dir / artifacts.CONFIG_NAME, record)
 
     with strategy.scope():
@@ -191,17 +231,20 @@ def train(config: TrainConfig) -> dict:
         )
         trainer.optimizer.build(trainer.trainable_variables)
 
-    checkpoint_dir = run_dir / artifacts.CHECKPOINTS_DIR
     start = 0
-    latest = latest_checkpoint(checkpoint_dir)
     if latest is not None:
         start = int(restore_checkpoint(trainer, latest)["step"])
         print(f"Resuming from {latest} (step {start})", flush=True)
     start_epoch, start_step = divmod(start, steps_per_epoch)
 
+    counter = BatchCounter(start)  # first: the other callbacks read the position it keeps
+    bad_files = BadFileLog()
+    replaced = ReplacementRecord(run_dir / artifacts.REPLACED_JSON, bad_files, counter)
     callbacks = [
-        NonFiniteGuard(),
-        CheckpointCallback(checkpoint_dir, steps_per_epoch, config.checkpoint_every_steps),
+        counter,
+        NonFiniteGuard(checkpoint_dir, counter, steps_per_epoch),
+        CheckpointCallback(checkpoint_dir, steps_per_epoch, counter, config.checkpoint_every_steps),
+        replaced,
         keras.callbacks.CSVLogger(str(run_dir / artifacts.HISTORY_CSV), append=True),
         keras.callbacks.TensorBoard(str(run_dir / artifacts.LOGS_DIR), update_freq="epoch"),
     ]
@@ -219,6 +262,8 @@ def train(config: TrainConfig) -> dict:
             start_step=step,
             flip=config.flip,
             steps_per_epoch=steps_per_epoch,
+            on_bad_file=config.on_bad_file,
+            bad_files=bad_files,
         )
         shard = tf.data.Options()
         shard.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -227,24 +272,33 @@ def train(config: TrainConfig) -> dict:
     # shuffle=False: the PK pipeline orders the data itself.
     fit_options = dict(callbacks=callbacks, verbose=config.verbose, shuffle=False)
     started = time.time()
-    if start_step:  # finish the interrupted epoch first
-        trainer.fit(
-            data(start_epoch, start_step),
-            initial_epoch=start_epoch,
-            epochs=start_epoch + 1,
-            steps_per_epoch=steps_per_epoch - start_step,
-            **fit_options,
-        )
-        start_epoch += 1
-    if start_epoch < config.epochs:
-        trainer.fit(
-            data(start_epoch, 0),
-            initial_epoch=start_epoch,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            **fit_options,
-        )
+    try:
+        if start_step:  # finish the interrupted epoch first
+            trainer.fit(
+                data(start_epoch, start_step),
+                initial_epoch=start_epoch,
+                epochs=start_epoch + 1,
+                steps_per_epoch=steps_per_epoch - start_step,
+                **fit_options,
+            )
+            start_epoch += 1
+        if start_epoch < config.epochs:
+            trainer.fit(
+                data(start_epoch, 0),
+                initial_epoch=start_epoch,
+                epochs=config.epochs,
+                steps_per_epoch=steps_per_epoch,
+                **fit_options,
+            )
+    except tf.errors.OpError as exc:
+        if bad_files.fatal is not None:  # raised by the pipeline, reached by fit at that batch
+            replaced.write()
+            raise bad_files.fatal from exc
+        raise
     train_seconds = time.time() - started
+    if replaced.entries():
+        count = len(replaced.entries())
+        print(f"{count} training samples were replaced (unreadable files): {replaced.path}", flush=True)
 
     trainer.sync_moving_statistics()
     final = run_dir / artifacts.FINAL_WEIGHTS

@@ -166,6 +166,7 @@ def evaluate_model(job: EvalJob, settings: EvalSettings) -> dict:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.error(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.import_tensorflow()
     from mgn_tf.images import ImageReadError
 
     try:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from mgn_tf.config import OPTIMIZERS, STRATEGIES, TrainConfig
+from mgn_tf.config import ON_BAD_FILE, OPTIMIZERS, RESUME_OVERRIDABLE, STRATEGIES, TrainConfig
 from mgn_tf.errors import ConfigError
 from mgn_tf.evaluation.settings import DISTANCES, POOLING, EvalSettings, RerankParams
 from mgn_tf.geometry import PAPER_INPUT_SIZE, InputSize
@@ -116,6 +116,20 @@ def define_train_flags() -> list[str]:
         )
         flags.DEFINE_bool("scan_data", d.scan_data, "Scan training images for bad files before training.")
         flags.DEFINE_bool("strict_data", d.strict_data, "Stop at once if the scan finds a bad image.")
+        flags.DEFINE_enum(
+            "on_bad_file",
+            d.on_bad_file,
+            ON_BAD_FILE,
+            "A training image unreadable during training (changed after the scan): substitute = train on "
+            "another image of its identity, chosen from --seed and the position (listed in "
+            "replaced_images.json); stop = exit 4 naming the file.",
+        )
+        flags.DEFINE_list(
+            "resume_override",
+            list(d.resume_override),
+            "Settings that may differ from the run's config.json when resuming (e.g. lr after a non-finite "
+            f"loss); recorded in config.json. Accepted: {', '.join(RESUME_OVERRIDABLE)}.",
+        )
         flags.DEFINE_bool(
             "eval_at_end",
             d.eval_at_end,
@@ -199,12 +213,13 @@ def config_from_flags() -> TrainConfig:
         decay = tuple(int(e) for e in F.lr_decay_epochs)
     except ValueError as exc:
         raise ConfigError(f"--lr_decay_epochs={F.lr_decay_epochs}: expected integers, e.g. 40,60") from exc
-    special = {"dataset_options", "lr_decay_epochs", "evaluation", "dataset"}
+    special = {"dataset_options", "lr_decay_epochs", "evaluation", "dataset", "resume_override"}
     fields = [name for name in TrainConfig.__dataclass_fields__ if name not in special]
     return TrainConfig(
         dataset=F.dataset.strip().lower(),
         dataset_options=dataset_options_from_flags(),
         lr_decay_epochs=decay,
+        resume_override=tuple(name.strip() for name in F.resume_override if name.strip()),
         evaluation=eval_settings_from_flags(),
         **{name: F[name].value for name in fields},
     )

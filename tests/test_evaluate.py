@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,19 @@ def test_cli_bad_input_exits_2_naming_the_flag(market_flags, tmp_path, args, fla
     assert done.returncode == 2, done.stderr[-3000:]
     assert flag in done.stderr and words in done.stderr, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+
+
+def test_cli_unreadable_gallery_image_exits_4_naming_it(mini_market_dir, run_dir, tmp_path):
+    data = tmp_path / "market"
+    shutil.copytree(mini_market_dir, data)
+    broken = sorted((data / "bounding_box_test").glob("*.jpg"))[3]
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated after the evaluation listed it
+    done = run_evaluate("--dataset=market1501", f"--data_dir={data}", f"--run_dir={run_dir}",
+                        f"--out_dir={tmp_path / 'out'}", timeout=300)  # fmt: skip
+    assert done.returncode == 4, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and broken.name in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "out" / "results.json").exists()
     assert not (tmp_path / "out" / "results.json").exists()
 
 

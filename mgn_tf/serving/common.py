@@ -116,20 +116,38 @@ def define_client_flags(default_server: str, server_help: str) -> list[str]:
 def run_client(argv: list[str], embed_files, errors: tuple[type[BaseException], ...] = ()) -> int:
     """Client entry: embed the query files (and a gallery folder), print embeddings or a ranking.
 
-    Returns the exit code: 0, 1 when the server or a file fails, 2 without query files.
+    Returns the exit code: 0; 2 for a usage error (a bad flag value, a missing path or a file that is not
+    an image, found before anything is sent); 1 when the server fails.
     """
     from absl import flags
 
     from mgn_tf import cli
 
+    f = flags.FLAGS
+    for name in ("top_k", "batch_size"):
+        if f[name].value < 1:
+            return cli.error(f"--{name}={f[name].value}: must be >= 1")
+    missing = [item for item in argv[1:] if not Path(item).exists()]
+    if missing:
+        return cli.error(f"no such file or folder: {missing[0]}")
     files = image_files(argv[1:])
     if not files:
-        return cli.error("give query image files or folders")
-    f = flags.FLAGS
+        return cli.error("give query image files or folders (with images)")
+    gallery_files: list[Path] = []
+    if f.gallery:
+        if not Path(f.gallery).is_dir():
+            return cli.error(f"--gallery={f.gallery}: no such folder")
+        gallery_files = image_files([f.gallery])
+        if not gallery_files:
+            return cli.error(f"--gallery={f.gallery}: no image files in it")
+    try:
+        for path in [*files, *gallery_files]:  # every file before the first request
+            read_image_file(path)
+    except UnreadableImageError as exc:
+        return cli.error(exc)
     options = dict(server=f.server, model_name=f.model_name, version=f.version, batch_size=f.batch_size)
     try:
         query = embed_files(files, **options)
-        gallery_files = image_files([f.gallery]) if f.gallery else []
         gallery = embed_files(gallery_files, **options) if gallery_files else None
     except (RuntimeError, UnreadableImageError, *errors) as exc:
         print(f"error: {exc}", file=sys.stderr)

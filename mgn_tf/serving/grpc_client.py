@@ -25,7 +25,8 @@ MAX_MESSAGE_BYTES = 64 * 2**20
 def _apis():
     try:
         import grpc
-        import tensorflow as tf
+
+        tf = cli.import_tensorflow()
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     except ImportError as exc:
         raise ImportError(
