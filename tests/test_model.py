@@ -181,3 +181,146 @@ def test_zero_init_residual_starts_every_identity_block_as_the_identity():
 def test_zero_init_residual_refuses_pretrained_weights():
     with pytest.raises(ValueError, match="zero_init_residual"):
         build_mgn(3, (96, 32), backbone_weights="imagenet", zero_init_residual=True)
+
+
+# --- paper-fidelity oracle: the heads of §3.1 / Table 1 recomputed in numpy from the conv5 maps -------
+
+ORACLE_RTOL = 1e-4  # float32 model against a float64 oracle; atol is this times the largest magnitude
+
+
+def _randomize_weights(model: keras.Model, rng: np.random.Generator) -> None:
+    """Seeded random values for every variable, BatchNorm statistics included.
+
+    The built model's branches are equal copies and its BatchNorms start near the identity (mean 0,
+    variance 1): random values make every branch distinct, so a head fed by the wrong branch would show,
+    and make inference-mode BN change the values, so a missing or misapplied BN would show too.
+    """
+
+    def walk(layer_owner: keras.Model) -> None:
+        for layer in layer_owner.layers:
+            if isinstance(layer, keras.Model):
+                walk(layer)
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                shape = layer.gamma.shape
+                layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+                layer.beta.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+                layer.moving_mean.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+                layer.moving_variance.assign(rng.uniform(0.3, 3.0, shape).astype(np.float32))
+            else:
+                for weight in layer.weights:
+                    shape = tuple(weight.shape)
+                    if len(shape) >= 2:  # He-scaled, so activations stay finite through the 50 layers
+                        std = np.sqrt(2.0 / np.prod(shape[:-1]))
+                        weight.assign(rng.normal(0.0, std, shape).astype(np.float32))
+                    else:
+                        weight.assign(rng.normal(0.0, 0.1, shape).astype(np.float32))
+
+    walk(model)
+
+
+def _mgn_oracle(
+    model: keras.Model,
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray],
+    pool=np.max,
+    reverse_stripes: bool = False,
+    pool_after_reduction: bool = False,
+) -> dict[str, np.ndarray]:
+    """Embedding, logits and triplet features of the paper's MGN from the Global, Part-2 and Part-3 conv5
+    maps [B, H, W, 2048], in float64, reading only the head weights from `model`.
+
+    The keyword arguments give deliberately wrong variants, to show that the oracle can tell them apart.
+    """
+    global_map, p2_map, p3_map = (m.astype(np.float64) for m in maps)
+
+    def stripes(fmap: np.ndarray, n: int) -> list[np.ndarray]:
+        rows = fmap.shape[1] // n
+        assert rows * n == fmap.shape[1]
+        parts = [fmap[:, i * rows : (i + 1) * rows] for i in range(n)]  # top to bottom
+        return parts[::-1] if reverse_stripes else parts
+
+    # Paper order of the 256-d blocks: the three global features, then the Part-2 and Part-3 stripes.
+    regions = [("global", global_map), ("p2_global", p2_map), ("p3_global", p3_map)]
+    regions += [(f"p2_part{i + 1}", s) for i, s in enumerate(stripes(p2_map, 2))]
+    regions += [(f"p3_part{i + 1}", s) for i, s in enumerate(stripes(p3_map, 3))]
+
+    def reduction(name: str):
+        conv = model.get_layer(f"reduce_{name}_conv")
+        bn = model.get_layer(f"reduce_{name}_bn")
+        assert conv.use_bias is False and len(conv.weights) == 1  # paper: 1x1 conv, BN, ReLU
+        assert bn.center and bn.scale
+        kernel = conv.kernel.numpy().astype(np.float64)
+        assert kernel.shape == (1, 1, 2048, 256)
+        kernel = kernel[0, 0]
+        mean, var, gamma, beta = (
+            v.numpy().astype(np.float64) for v in (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta)
+        )
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        return lambda x: np.maximum((x @ kernel - mean) * scale + beta, 0.0)
+
+    reduced, logits = [], []
+    for name, region in regions:
+        head = reduction(name)
+        pooled = pool(region, axis=(1, 2))  # [B, 2048]
+        feature = pool(head(region), axis=(1, 2)) if pool_after_reduction else head(pooled)
+        reduced.append(feature)
+        classifier = model.get_layer(f"classifier_{name}")
+        # §3.2: softmax on the 2048-d pooled global features and on the 256-d reduced part features.
+        x = pooled if name.endswith("global") else feature
+        y = x @ classifier.kernel.numpy().astype(np.float64)
+        if classifier.use_bias:
+            y = y + classifier.bias.numpy()
+        logits.append(y)
+    return {
+        "embedding": np.concatenate(reduced, axis=1),
+        "logits": np.stack(logits, axis=1),
+        "triplet_features": np.stack(reduced[:3], axis=1),
+    }
+
+
+def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def test_heads_match_a_numpy_oracle_of_the_paper_and_not_its_wrong_variants():
+    """From the three branch conv5 maps alone, numpy recomputes the paper's heads (Table 1, §3.1-3.2):
+    global max pooling, 2 and 3 equal stripes top to bottom each max-pooled, pooling before an
+    independent 1x1 conv (no bias) + inference BN + ReLU per feature, bias-free classifiers on the 2048-d
+    pooled globals and the 256-d reduced parts, and the 8x256 concatenated embedding. The model must
+    match it, and average pooling, reversed stripes or pooling after the reduction must not."""
+    num_classes, size = 7, (96, 32)
+    model = build_mgn(num_classes, size)
+    rng = np.random.default_rng(3)
+    _randomize_weights(model, rng)
+    images = rng.uniform(0, 255, (3, *size, 3)).astype(np.float32)
+
+    out = {k: v.numpy() for k, v in model(images, training=False).items()}
+    shared = model.get_layer("backbone_trunk")(model.get_layer("caffe_preprocess")(images), training=False)
+    maps = tuple(model.get_layer(f"{b}_branch")(shared, training=False).numpy() for b, _, _ in BRANCHES)
+    assert [m.shape for m in maps] == [(3, 3, 1, 2048), (3, 6, 2, 2048), (3, 6, 2, 2048)]
+    # Distinct branches and spatially varying maps, without which max/mean or stripe order could agree.
+    assert not np.allclose(maps[1], maps[2])
+    for fmap in maps:
+        assert np.isfinite(fmap).all() and fmap.std(axis=(1, 2)).mean() > 1e-3 * np.abs(fmap).max()
+
+    expected = _mgn_oracle(model, maps)
+    for key in ("embedding", "triplet_features"):
+        np.testing.assert_allclose(
+            out[key], expected[key], rtol=ORACLE_RTOL, atol=ORACLE_RTOL * np.abs(expected[key]).max()
+        )
+    assert out["logits"].shape == (3, 8, num_classes)
+    for i, name in enumerate(FEATURE_NAMES):
+        want = expected["logits"][:, i]
+        np.testing.assert_allclose(
+            out["logits"][:, i], want, rtol=ORACLE_RTOL, atol=ORACLE_RTOL * np.abs(want).max(), err_msg=name
+        )
+
+    # Each wrong variant misses the model by far more than the tolerance (|diff| <= 2e-4 * max|value|).
+    variants = {
+        "average pooling": {"pool": np.mean},
+        "stripes bottom to top": {"reverse_stripes": True},
+        "pooling after the reduction": {"pool_after_reduction": True},
+    }
+    for variant, kwargs in variants.items():
+        wrong = _mgn_oracle(model, maps, **kwargs)
+        error = max(_relative_error(out[k], wrong[k]) for k in ("embedding", "logits"))
+        assert error > 50 * 2 * ORACLE_RTOL, f"{variant}: the oracle cannot tell it apart ({error:.2e})"
