@@ -15,13 +15,14 @@ import subprocess
 import sys
 import threading
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.exported import EMBEDDING_DIM, ENV, INPUT_SIZE, REPO, assert_close
 
 from mgn_tf import inference
-from mgn_tf.export import parity, saved_model
+from mgn_tf.export import saved_model
 from mgn_tf.images import load_images
 from mgn_tf.serving import common, grpc_client, rest_client
 
@@ -208,6 +209,14 @@ def test_saved_model_without_baked_flip_norm(tmp_path, truth, query_files):
     assert_close(plain, truth(pixels))
 
 
+def _run_export(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m export ARGS`, or the export command's `run()` after `code` (e.g. a patched bound)."""
+    entry = ["-m", "export"] if code is None else ["-c", f"{code}\nfrom mgn_tf.export.cli import run\nrun()"]
+    return subprocess.run(
+        [sys.executable, *entry, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -217,89 +226,55 @@ def test_saved_model_without_baked_flip_norm(tmp_path, truth, query_files):
         (["--weights={run}", "--out={out}", "--tflite_variants=fp32,int4"], "fp32,fp16,int8"),
         (["--weights={run}", "--out={out}", "--input_height=100", "--input_width=32"], "multiple of 96"),
         (["--weights={run}", "--out={out}", "--input_height=96"], "pass both or neither"),
-        (["--weights={run}/nothing", "--out={out}"], "--weights="),
+        (["--weights={run}/nothing", "--out={out}"], "--weights={run}/nothing: "),
         (["--weights={run}", "--out={out}", "--no_such_flag"], "no_such_flag"),
+        # --weights: a run whose weights file is not HDF5 or HDF5 of something else, a folder without
+        # weights, a file of another kind
+        (["--weights={junk}", "--out={out}"], "--weights={junk}: {junk}/final.weights.h5 is not a weights"),
+        (["--weights={other}", "--out={out}"], "--weights={other}: cannot load {other}/final.weights.h5 as"),
+        (["--weights={empty}", "--out={out}"], "--weights={empty}: run directory {empty} has no"),
+        (["--weights={run}/config.json", "--out={out}"], "--weights={run}/config.json: {run}/config.json"),
+        (["--weights={run}", "--out={run}/config.json"], "--out={run}/config.json: exists and is not a"),
+        (["--weights={run}", "--out={out}", "--parity_images={empty}"], "{empty} holds 0 distinct"),
+        (["--weights={run}", "--out={out}", "--parity_images={run}/none"], "{run}/none: not a directory"),
     ],
 )
 def test_cli_usage_errors_exit_2_before_any_work(tmp_path, exported, args, expected):
-    """Bad or missing flags: one line naming the flag, exit code 2 (1 is kept for a broken parity bound)."""
-    out = tmp_path / "o"
-    args = [a.format(run=exported.run_dir, out=out) for a in args]
-    result = subprocess.run(
-        [sys.executable, "-m", "export", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """Bad or missing flags and paths: one line naming the flag and path, exit code 2, no traceback (1 is
+    kept for a broken parity bound)."""
+    paths = {name: tmp_path / name for name in ("out", "junk", "other", "empty")}
+    paths["run"] = exported.run_dir
+    for name in ("junk", "other", "empty"):
+        paths[name].mkdir()
+    for name in ("junk", "other"):
+        (paths[name] / "config.json").write_bytes((exported.run_dir / "config.json").read_bytes())
+    (paths["junk"] / "final.weights.h5").write_bytes(b"not an HDF5 file")
+    with h5py.File(paths["other"] / "final.weights.h5", "w") as other:
+        other["layers/dense/vars/0"] = np.zeros(3, np.float32)
+    result = _run_export(*(a.format(**paths) for a in args))
     assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert not out.exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected.format(**paths) in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not paths["out"].exists()
 
 
-# ------------------------------------------------------------------------------------ parity bounds
-
-
-def _embeddings(n: int = 6, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 1, (n, 64)).astype(np.float32)
-
-
-def test_compare_passes_identical_and_breaks_float32_bound():
-    reference = _embeddings()
-    assert parity.compare("x", "float32", reference, reference.copy()).ok
-    off = reference.copy()
-    off[2, 5] += 2e-4
-    result = parity.compare("x", "float32", reference, off)
-    assert not result.ok and "max abs diff" in result.failures[0]
-    assert parity.compare("x", "int8", reference, off).ok  # cosine bound only
-
-
-def test_compare_breaks_cosine_bound_for_reduced_precision():
-    reference = _embeddings()
-    noisy = reference + np.random.default_rng(1).normal(0, 0.05, reference.shape).astype(np.float32)
-    result = parity.compare("x", "float16", reference, noisy)
-    assert not result.ok and "min cosine" in result.failures[0]
-
-
-def test_compare_flags_nearly_identical_outputs_for_different_inputs():
-    # All embeddings alike (cosine ~0.99 to one another), and an export that outputs their mean for every
-    # image: cosine to Keras still > 0.999, but the images are no longer told apart.
-    base = np.ones((1, 64), np.float32)
-    reference = base + 0.01 * _embeddings()
-    constant = np.repeat(reference.mean(0, keepdims=True), len(reference), axis=0)
-    assert parity.cosine_similarities(constant, reference).min() > 0.999
-    result = parity.compare("x", "int8", reference, constant)
-    assert not result.ok and "identical embeddings" in result.failures[0]
-    degenerate = parity.compare("x", "float32", constant, constant)
-    assert not degenerate.ok and "Keras embeddings" in degenerate.failures[0]
-
-
-def test_compare_flags_non_finite_and_wrong_shape():
-    reference = _embeddings()
-    broken = reference.copy()
-    broken[0, 0] = np.nan
-    assert "non-finite outputs" in parity.compare("x", "float32", reference, broken).failures
-    assert "shape" in parity.compare("x", "float32", reference, reference[:3]).failures[0]
-
-
-def test_parity_batch_generated_is_deterministic_and_lossless():
-    a, b = parity.parity_batch(INPUT_SIZE, count=4), parity.parity_batch(INPUT_SIZE, count=4)
-    np.testing.assert_array_equal(a.pixels, b.pixels)
-    assert a.pixels.shape == (4, *INPUT_SIZE, 3) and parity.min_pairwise_distance(a.pixels.reshape(4, -1)) > 0
-    decoded = np.stack([tf.io.decode_png(data).numpy() for data in a.encoded]).astype(np.float32)
-    np.testing.assert_array_equal(decoded, a.pixels)
-
-
-def test_parity_batch_from_folder_skips_duplicate_files(tmp_path, mini_market_dir):
-    files = sorted((mini_market_dir / "query").glob("*.jpg"))[:3]
-    for i, path in enumerate(files):
-        (tmp_path / f"{i}.jpg").write_bytes(path.read_bytes())
-        (tmp_path / f"{i}_copy.jpg").write_bytes(path.read_bytes())
-    batch = parity.parity_batch(INPUT_SIZE, tmp_path, count=3)
-    assert len(batch.encoded) == 3 and len(set(batch.encoded)) == 3
-    with pytest.raises(ValueError, match="3 distinct images"):
-        parity.parity_batch(INPUT_SIZE, tmp_path, count=4)
+def test_cli_exits_1_naming_the_artefact_and_the_bound_it_breaks(tmp_path, exported):
+    """A bound no artefact can meet (max rel diff <= -1): the export runs, then exits 1."""
+    out = tmp_path / "o"
+    result = _run_export(
+        f"--weights={exported.run_dir}", f"--out={out}", "--formats=savedmodel", "--nosession_loader_check",
+        "--parity_count=2", "--speed_seconds=0",
+        code="from mgn_tf.export import parity\nparity.FLOAT32_MAX_REL_DIFF = -1.0",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "EXPORT FAILED: savedmodel/embed (float32) breaks a parity bound: max rel diff 0 > -1" in (
+        result.stderr
+    ), result.stderr[-3000:]
+    report = json.loads((out / "export_report.json").read_text())
+    assert not report["ok"] and "FAIL: max rel diff" in result.stdout  # the table
 
 
 # ------------------------------------------------------------------------------------ serving clients

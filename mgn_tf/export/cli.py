@@ -5,27 +5,34 @@
         --formats savedmodel,onnx --bake_flip_norm --parity_images ../shared/data/mini_market1501
 
 Writes a SavedModel (TF Serving layout), TFLite and ONNX files and checks each against the Keras model:
-prints a parity table (max abs diff and min cosine vs Keras, pairwise spread, size, images/s) and writes
-it to <out>/export_report.json. The input size is the run's unless --input_height/--input_width are set.
-Exit codes: 0 ok, 1 a parity bound is broken (max abs diff > 1e-4 for float32 artefacts, min cosine
-< 0.999 for float16/int8 ones, or different images giving (nearly) equal embeddings), 2 bad flag or input.
+prints a parity table (max |diff|, max |diff| over max |Keras embedding|, min cosine vs Keras, pairwise
+spread, size, images/s) and writes it to <out>/export_report.json. The input size is the run's unless
+--input_height/--input_width are set.
+Exit codes: 0 ok; 1 a parity bound is broken: for float32 artefacts max |diff| over max |Keras embedding|
+> 1e-4 or a cosine to Keras < 1 - 1e-6, for float16/int8 ones a cosine < 0.999, or different images giving
+(nearly) equal embeddings (the same bounds with and without --bake_flip_norm); 2 a bad flag, or a
+--weights, --out or --parity_images path that cannot be used (one line `error: ...`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
+from pathlib import Path
 
 from absl import flags
 
 from mgn_tf import cli
-from mgn_tf.artifacts import EXPORT_FORMATS, EXPORT_REPORT, TFLITE_VARIANTS
+from mgn_tf.artifacts import EXPORT_FORMATS, EXPORT_REPORT, TFLITE_VARIANTS, find_run_files
 from mgn_tf.errors import ConfigError
 from mgn_tf.export import onnx_model
 from mgn_tf.flags import input_size_from_flags
 from mgn_tf.geometry import check_input_size
 
 FLAGS = flags.FLAGS
+EXIT_PARITY = 1  # only for a broken parity bound; usage errors are cli.EXIT_USAGE
 
 
 def define_flags() -> list[str]:
@@ -99,6 +106,29 @@ def _check_flags() -> None:
     for name in ("speed_seconds", "onnx_min_free_gib"):
         if FLAGS[name].value < 0:
             raise ConfigError(f"--{name}={FLAGS[name].value}: must be >= 0")
+    _check_out_dir(Path(FLAGS.out))
+    if FLAGS.parity_images and not Path(FLAGS.parity_images).is_dir():
+        raise ConfigError(f"--parity_images={FLAGS.parity_images}: not a directory")
+
+
+def _check_out_dir(out: Path) -> None:
+    """Raises ConfigError unless `out` is a directory or can be made one (nothing is created here)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out={out}: exists and is not a directory")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out={out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out={out}: {existing} is not writable")
+
+
+def _summary(exc: BaseException, limit: int = 300) -> str:
+    """The first two non-empty lines of an exception's message, as one line of at most `limit` characters.
+
+    Keras's load errors run over many lines (a count, then an example); the first two say what failed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: list[str]) -> int:
@@ -111,14 +141,45 @@ def main(argv: list[str]) -> int:
             check_input_size(input_size)
     except (ConfigError, ValueError) as exc:
         return cli.error(exc if isinstance(exc, ConfigError) else f"--input_height/--input_width: {exc}")
+    try:
+        run = find_run_files(FLAGS.weights)
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a config.json that is not an object
+        return cli.error(f"--weights={FLAGS.weights}: {_summary(exc)}")
+    try:
+        export_size = check_input_size(input_size or run.input_size)
+        if run.num_classes < 1:
+            raise ValueError(f"num_classes={run.num_classes}: must be >= 1")
+    except (ValueError, TypeError) as exc:  # values of the wrong type or range
+        return cli.error(f"--weights={FLAGS.weights}: {run.config_path}: {_summary(exc)}")
+    import h5py
+
+    if not h5py.is_hdf5(run.weights):
+        return cli.error(f"--weights={FLAGS.weights}: {run.weights} is not a weights file (not HDF5)")
+
     logging.getLogger().setLevel(logging.INFO)
-    from mgn_tf.export import exporter, saved_model  # TensorFlow: only once the flags are fine
+    cli.import_tensorflow()
+    from mgn_tf.export import exporter, parity, saved_model  # TensorFlow: only once the inputs are fine
     from mgn_tf.inference import load_training_model
 
-    try:
-        model, run = load_training_model(FLAGS.weights, input_size)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        return cli.error(f"--weights={FLAGS.weights}: {exc}")
+    if FLAGS.parity_images:
+        try:  # read here so that a bad folder is a usage error before any work; export_all reads it again
+            parity.parity_batch(export_size, FLAGS.parity_images, FLAGS.parity_count)
+        except ValueError as exc:  # too few distinct images, or one that cannot be decoded
+            return cli.error(f"--parity_images={FLAGS.parity_images}: {_summary(exc)}")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            model, run = load_training_model(FLAGS.weights, input_size)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # h5py raises OSError/KeyError for a damaged file or a missing group, Keras ValueError or
+            # TypeError for weights of another model; its per-layer warnings before that are dropped.
+            return cli.error(
+                f"--weights={FLAGS.weights}: cannot load {run.weights} as the weights of an MGN with "
+                f"{run.num_classes} classes ({run.config_path}): {_summary(exc)}"
+            )
+    for warning in caught:  # a load that succeeded keeps its warnings (e.g. skipped layers)
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     report = exporter.export_all(
         model,
         FLAGS.out,
@@ -143,8 +204,14 @@ def main(argv: list[str]) -> int:
         print(f"ONNX conversion peak RSS {report.onnx_peak_rss_bytes / 1e9:.2f} GB")
     print(f"Report: {report.out_dir / EXPORT_REPORT}")
     if not report.ok:
-        print("EXPORT FAILED: a parity bound is broken (see the table)", file=sys.stderr)
-        return 1
+        for result in report.results:
+            if not result.ok:
+                print(
+                    f"EXPORT FAILED: {result.name} ({result.precision}) breaks a parity bound: "
+                    + "; ".join(result.failures),
+                    file=sys.stderr,
+                )
+        return EXIT_PARITY
     return 0
 
 

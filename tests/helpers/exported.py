@@ -99,11 +99,9 @@ class KerasTruth:
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, precision: str = "float32") -> None:
+    """`actual` within the export's parity bounds for `precision` of `expected` (parity.compare)."""
     from mgn_tf.export import parity
 
     assert actual.shape == expected.shape and actual.dtype == np.float32
-    if precision == "float32":
-        assert np.abs(actual - expected).max() <= parity.FLOAT32_MAX_ABS_DIFF
-    else:
-        assert parity.cosine_similarities(actual, expected).min() >= parity.REDUCED_MIN_COSINE
-    assert parity.min_pairwise_distance(actual) >= 0.5 * parity.min_pairwise_distance(expected)
+    result = parity.compare("actual", precision, expected, actual)
+    assert result.ok, f"{result.failures} ({result.to_dict()})"
