@@ -497,24 +497,53 @@ def test_two_local_workers_end_with_identical_weights(dataset, tmp_path, determi
 # --- distribution and mixed precision through the engine -------------------------------------------------
 
 
-@pytest.mark.own_worker_unit(minutes=3)
+def _named_weights(path: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: arrays.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None
+        )
+    return arrays
+
+
+@pytest.mark.own_worker_unit(minutes=4)
 def test_two_cpu_replicas_with_sync_bn_end_like_one_device(dataset, tmp_path):
-    """--cpu_replicas=2 --sync_bn through the real pipeline: each replica gets half of every PK batch,
-    BatchNorm normalises with the statistics of the whole batch, the triplet loss mines the whole batch and
-    the gradients are averaged, so the weights (moving statistics included) end as on one device."""
+    """One training step of --cpu_replicas=2 --sync_bn through the real pipeline and engine ends like the
+    same step on one device: every BatchNorm's moving mean and variance (the forward pass, normalised with
+    the statistics of the whole global batch) and the eight classifiers (a gradient step through the
+    softmax heads) agree to float32 rounding. Without --sync_bn the moving variances are the mean of the
+    two halves' variances instead, which the same check sees.
+    The other gradients pass through discrete choices, the max-pooling position among ties (the generated
+    images have flat regions) and the hardest positive and negative of the triplet loss, which float32
+    rounding in another summation order can flip; tests/test_trainer.py compares the whole step in
+    float64, where it cannot."""
     common = ["--dataset=folder", f"--data_dir={dataset}", *TINY, "--p=4", "--epochs=1",
-              "--steps_per_epoch=3", "--eval_at_end=false", "--scan_data=false", "--seed=5", "--sync_bn",
-              "--lr=0.05"]  # fmt: skip
-    one = run_train(*common, f"--run_dir={tmp_path / 'one'}", "--strategy=one_device")
-    two = run_train(*common, f"--run_dir={tmp_path / 'two'}", "--cpu_replicas=2")
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert two.returncode == 0, two.stderr[-3000:]
+              "--steps_per_epoch=1", "--eval_at_end=false", "--scan_data=false", "--seed=5"]  # fmt: skip
+    runs = {
+        "one": ["--strategy=one_device", "--sync_bn"],
+        "two": ["--cpu_replicas=2", "--sync_bn"],
+        "two_unsynced": ["--cpu_replicas=2"],
+    }
+    weights = {}
+    for name, extra in runs.items():
+        result = run_train(*common, f"--run_dir={tmp_path / name}", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[name] = _named_weights(tmp_path / name / "final.weights.h5")
     assert json.loads((tmp_path / "two" / "config.json").read_text())["num_replicas"] == 2
-    a = read_weights(tmp_path / "one" / "final.weights.h5")
-    b = read_weights(tmp_path / "two" / "final.weights.h5")
-    assert len(a) == len(b) > 0
-    for x, y in zip(a, b, strict=True):  # float32 rounding of sums taken in another order, per array
-        np.testing.assert_allclose(y, x, rtol=0, atol=2e-4 * max(float(np.max(np.abs(x))), 1e-3))
+    one, two, unsynced = weights["one"], weights["two"], weights["two_unsynced"]
+    assert one.keys() == two.keys() == unsynced.keys()
+
+    def relative(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-3))
+
+    # BatchNormalization variables: gamma, beta, moving_mean, moving_variance (vars/0..3)
+    statistics = [k for k in one if "batch_normalization" in k and k.endswith(("vars/2", "vars/3"))]
+    classifiers = [k for k in one if "/dense" in k]
+    assert len(statistics) == 2 * 111 and len(classifiers) == 8
+    for key in statistics + classifiers:
+        assert relative(one[key], two[key]) < 2e-4, f"{key}: {relative(one[key], two[key]):.2e}"
+    variances = [k for k in statistics if k.endswith("vars/3")]
+    assert max(relative(one[k], unsynced[k]) for k in variances) > 1e-2  # the check can fail
 
 
 @pytest.mark.own_worker_unit(minutes=3)
