@@ -405,7 +405,7 @@ def test_killed_and_resumed_twice_ends_with_the_same_weights(dataset, tmp_path):
             process = start(run, log, TF_ENABLE_ONEDNN_OPTS="0")
             _kill_when(process, run / "checkpoints", int(kill_at), log, writing=writing)
             if writing:  # the half-written checkpoint is not resumed from
-                done = [int(c.name[5:]) for c in (run / "checkpoints").glob("step_*/state.json")]
+                done = [int(c.parent.name[5:]) for c in (run / "checkpoints").glob("step_*/state.json")]
                 assert max(done, default=0) <= kill_at
         resumed = run_train(*common, f"--run_dir={run}", env={"TF_ENABLE_ONEDNN_OPTS": "0"})
         straight.wait(timeout=600)
