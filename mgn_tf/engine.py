@@ -296,8 +296,7 @@ def train(config: TrainConfig) -> dict:
             raise bad_files.fatal from exc
         raise
     train_seconds = time.time() - started
-    if replaced.entries():
-        count = len(replaced.entries())
+    if count := len(replaced.entries()):
         print(f"{count} training samples were replaced (unreadable files): {replaced.path}", flush=True)
 
     trainer.sync_moving_statistics()

@@ -62,10 +62,7 @@ def run_train(*args: str, env: dict | None = None, timeout: int = 600) -> subpro
 
 
 def read_weights(path: Path) -> list[np.ndarray]:
-    arrays = []
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return arrays
+    return list(_named_weights(path).values())
 
 
 @pytest.fixture(scope="module")
