@@ -3,7 +3,8 @@
 embedder + split -> features (flip-averaged, batched)  [or features read from a file]
   -> [multi-query pooling] -> ranking without / with k-reciprocal re-ranking (streamed by query chunks)
   -> CMC / mAP / mINP / official mAP next to the exact chance level
-  -> table on stdout, cmc.png, ranked_list[_rerank].png, results.json in `out_dir`
+  -> verification: same-person distance thresholds and TPR at FPR 1e-2 / 1e-3 / 1e-4
+  -> table on stdout, cmc.png, roc.png, ranked_list[_rerank].png, results.json in `out_dir`
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from mgn_tf.data.datasets import Split
 from mgn_tf.errors import ConfigError
 from mgn_tf.evaluation.features import FeatureSet, extract_split_features, save_features
 from mgn_tf.evaluation.multi_query import pooled_queries
+from mgn_tf.evaluation.plots import plot_roc
 from mgn_tf.evaluation.ranking import chance_level, item_arrays, metrics_summary, rank_gallery, sample_queries
-from mgn_tf.evaluation.report import TOP, figures, results_table
+from mgn_tf.evaluation.report import TOP, figures, results_table, verification_lines
 from mgn_tf.evaluation.settings import EvalSettings
+from mgn_tf.evaluation.verification import verification
 from mgn_tf.files import atomic_write_json
 
 if TYPE_CHECKING:
@@ -103,6 +106,17 @@ def evaluate_features(
     _, g_pids, g_cams = item_arrays(features.gallery_items)
     chance = metrics_summary(chance_level(q_pids, g_pids, q_cams, g_cams, settings.max_rank))
     print(results_table({label: r for label, r, _ in runs.values()}, chance), flush=True)
+    verify_started = time.perf_counter()
+    try:
+        pairs = verification(
+            features.query, features.gallery, q_pids, g_pids, q_cams, g_cams,
+            distance=settings.distance, normalize=settings.normalize, chunk_size=settings.chunk_size,
+        )  # fmt: skip
+        print(verification_lines(pairs), flush=True)
+    except ValueError as exc:  # e.g. a gallery of one identity: no negative pair
+        pairs = None
+        print(f"No same-person thresholds: {exc}", flush=True)
+    verify_seconds = round(time.perf_counter() - verify_started, 3)
 
     info = features.settings
     plots_started = time.perf_counter()
@@ -110,6 +124,9 @@ def evaluate_features(
     files.update(
         figures(out_dir, features, runs, chance, groups, settings.multi_query, info.get("dataset", ""))
     )
+    if pairs is not None:
+        roc_title = f"Same person? {info.get('dataset', '')}"
+        files["roc"] = str(plot_roc(pairs, out_dir / "roc.png", title=roc_title))
     plots_seconds = round(time.perf_counter() - plots_started, 3)
 
     q_items, g_items, mq_items = features.query_items, features.gallery_items, features.multi_query_items
@@ -148,6 +165,7 @@ def evaluate_features(
         "load_model_seconds": None if from_file else info.get("load_model_seconds"),
         "extract_seconds": None if from_file else info.get("extract_seconds"),
         **{f"{key}_seconds": r.pop("seconds") for key, (_, r, _) in runs.items()},
+        "verification_seconds": verify_seconds,
         "plots_seconds": plots_seconds,
         "total_seconds": round(time.perf_counter() - started, 3),
     }
@@ -156,6 +174,7 @@ def evaluate_features(
         "dataset": dataset,
         "results": {key: r for key, (_, r, _) in runs.items()},
         "chance": chance,
+        "verification": pairs,
         "timings": timings,
         "files": files,
     }

@@ -133,3 +133,35 @@ def plot_ranked_lists(
         ax.axis("off")
     fig.suptitle(title, fontsize=8.5, y=1 - 0.05 / fig_h, va="top")
     return _save(fig, path, dpi)
+
+
+def plot_roc(verification: dict, path: str | os.PathLike, title: str = "ROC", dpi: int = 120) -> Path:
+    """TPR against FPR (log axis) of an `mgn_tf.evaluation.verification` record, its target points
+    marked with their distance thresholds."""
+    curve = verification["curve"]
+    fpr, tpr = np.asarray(curve["fpr"], np.float64), np.asarray(curve["tpr"], np.float64) * 100
+    low = 1.0 / max(verification["num_negative_pairs"], 1)
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    shown = fpr >= low
+    ax.plot(np.maximum(fpr[shown], low), tpr[shown], linewidth=1.6, label="ROC (query-gallery pairs)")
+    for point in verification["points"]:
+        x = max(point["fpr"], low)
+        ax.plot([x], [100 * point["tpr"]], "o", markersize=4, color="C3")
+        ax.annotate(
+            f"FPR {point['target_fpr']:g}: TPR {100 * point['tpr']:.1f}%, d < {point['threshold']:.3f}",
+            (x, 100 * point["tpr"]), textcoords="offset points", xytext=(6, -10), fontsize=7,
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlim(low, 1)
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("false-positive rate (different people accepted)")
+    ax.set_ylabel("true-positive rate (%)")
+    ax.set_title(
+        f"{title}: {verification['num_positive_pairs']} positive, {verification['num_negative_pairs']} "
+        f"negative pairs", fontsize=9,
+    )  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, dpi)

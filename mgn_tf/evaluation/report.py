@@ -35,6 +35,22 @@ def results_table(results: dict, chance: dict) -> str:
     return "\n".join(lines)
 
 
+def verification_lines(pairs: dict) -> str:
+    """The printed same-person thresholds: TPR at each target FPR and the distance threshold of each."""
+    norm = "L2-normalised " if pairs["normalize"] else ""
+    lines = [
+        f"Same person? {pairs['distance']} distance on {norm}features, {pairs['num_positive_pairs']} "
+        f"positive / {pairs['num_negative_pairs']} negative query-gallery pairs ({pairs['rule']}):"
+    ]
+    for p in pairs["points"]:
+        note = "" if p["resolvable"] else " (too few negative pairs to measure this FPR)"
+        lines.append(
+            f"  FPR {p['target_fpr']:g}: TPR {100 * p['tpr']:.2f}% at threshold {p['threshold']:.4f} "
+            f"(measured FPR {p['fpr']:.2e}){note}"
+        )
+    return "\n".join(lines)
+
+
 def ranked_rows(features: FeatureSet, tops: dict, groups: list | None, top: int = TOP) -> list[RankedQuery]:
     """RankedQuery rows of the figure from `rank_gallery` top lists."""
     rows = []
