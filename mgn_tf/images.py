@@ -61,18 +61,24 @@ def image_batches(paths: Sequence[str | Path], size: tuple[int, int], batch_size
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def find_unreadable(paths: Sequence[str | Path], size: tuple[int, int]) -> ImageReadError | None:
-    """An ImageReadError naming the first file `load_image` cannot decode (None if all can)."""
+def unreadable(paths: Sequence[str | Path], size: tuple[int, int]) -> list[tuple[str | Path, ImageReadError]]:
+    """(path, ImageReadError naming it) of each file of `paths` that `load_image` cannot read or decode."""
     bad = []
     for path in paths:
         try:
             load_image(path, size)
         except ImageReadError as exc:
-            bad.append(exc)
+            bad.append((path, exc))
+    return bad
+
+
+def find_unreadable(paths: Sequence[str | Path], size: tuple[int, int]) -> ImageReadError | None:
+    """An ImageReadError naming the first file `load_image` cannot decode (None if all can)."""
+    bad = unreadable(paths, size)
     if not bad:
         return None
     more = f" (and {len(bad) - 1} more unreadable image(s))" if len(bad) > 1 else ""
-    return ImageReadError(f"{bad[0]}{more}")
+    return ImageReadError(f"{bad[0][1]}{more}")
 
 
 def load_images(paths: Sequence[str | Path], size: tuple[int, int]) -> np.ndarray:

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mgn_tf"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-SCRIPTS = ("mgn-train", "mgn-evaluate", "mgn-export", "mgn-rest-client", "mgn-grpc-client")
+SCRIPTS = ("mgn-train", "mgn-evaluate", "mgn-search", "mgn-export", "mgn-rest-client", "mgn-grpc-client")
 # Modules that must load without TensorFlow: flag parsing (so --deterministic can set TensorFlow's
 # environment first), the artefact contract, the numpy evaluation core and the REST client.
 WITHOUT_TENSORFLOW = (
@@ -31,8 +31,12 @@ WITHOUT_TENSORFLOW = (
     "mgn_tf.evaluation.pipeline",
     "mgn_tf.evaluation.rerank",
     "mgn_tf.evaluation.settings",
+    "mgn_tf.evaluation.verification",
     "mgn_tf.export.cli",
     "mgn_tf.files",
+    "mgn_tf.gallery",
+    "mgn_tf.gallery.html",
+    "mgn_tf.search",
     "mgn_tf.flags",
     "mgn_tf.geometry",
     "mgn_tf.runtime",
@@ -132,8 +136,9 @@ def test_module_imports_on_its_own_without_tensorflow(module):
         ),
         (["-m", "export"], ["--weights", "--formats", "--bake_flip_norm", "--input_height"], ["--dataset"]),
         (["-m", "mgn_tf.serving.rest_client"], ["--server", "--gallery", "--top_k"], []),
+        (["-m", "mgn_tf.search"], ["--index", "--images", "--add", "--backend", "--fpr"], ["--dataset"]),
     ],
-    ids=["train", "evaluate", "export", "rest_client"],
+    ids=["train", "evaluate", "export", "rest_client", "search"],
 )
 def test_help_lists_the_commands_own_flags(command, listed, not_listed):
     done = subprocess.run(

@@ -7,6 +7,7 @@ needs a display or touches global Matplotlib state.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from mgn_tf.files import atomic_path
 MATCH_RGB = (0, 170, 0)
 NON_MATCH_RGB = (220, 0, 0)
 QUERY_RGB = (40, 40, 40)
+UNKNOWN_RGB = (150, 150, 150)  # a match whose identity is not known (search without a threshold)
 THUMB_SIZE = (64, 128)  # width, height of each shown image
 BORDER = 4  # frame width in pixels
 
@@ -77,7 +79,7 @@ class RankedQuery:
     query_label: str
     gallery_paths: Sequence[str]
     gallery_labels: Sequence[str]
-    matches: Sequence[bool]
+    matches: Sequence[bool | None]  # None: not known (grey frame)
 
 
 def _thumbnail(path: str, border_rgb: tuple[int, int, int]) -> np.ndarray:
@@ -100,7 +102,7 @@ def plot_ranked_lists(
     rows: Sequence[RankedQuery], path: str | os.PathLike, title: str, dpi: int = 100
 ) -> Path:
     """One query per row (left, dark frame), then its ranked gallery images framed green (same identity)
-    or red (different identity), each with its label above it. One mosaic image per row."""
+    red (different identity) or grey (not known), each with its label above it. One mosaic per row."""
     if not rows:
         raise ValueError("no queries to show")
     top = max(len(r.gallery_paths) for r in rows)
@@ -109,7 +111,9 @@ def plot_ranked_lists(
     pad = 8  # white margin left and right
     row_w = 2 * pad + gap + step * top + cell_w
     inch = 1.35 / dpi  # figure inches per mosaic pixel
-    label_in, title_in, bottom_in = 20 * inch, 0.5, 0.1
+    # the title wrapped to the figure's width (about 5 points per character at 8.5 pt)
+    title = "\n".join(textwrap.fill(line, max(40, int(row_w * inch * 72 / 5))) for line in title.split("\n"))
+    label_in, title_in, bottom_in = 20 * inch, 0.2 + 0.14 * (title.count("\n") + 1), 0.1
     row_in = cell_h * inch + label_in
     fig_h = len(rows) * row_in + title_in + bottom_in
     fig = Figure(figsize=(row_w * inch, fig_h))
@@ -119,7 +123,7 @@ def plot_ranked_lists(
         for j, (gpath, label, match) in enumerate(
             zip(row.gallery_paths, row.gallery_labels, row.matches, strict=True)
         ):
-            colour = MATCH_RGB if match else NON_MATCH_RGB
+            colour = UNKNOWN_RGB if match is None else MATCH_RGB if match else NON_MATCH_RGB
             tiles.append((_thumbnail(gpath, colour), pad + gap + step * (j + 1), label))
         for tile, x, _ in tiles:
             mosaic[:, x : x + cell_w] = tile

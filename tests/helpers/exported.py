@@ -43,16 +43,16 @@ class Exported:
         return self.run_dir / CHECKPOINT
 
 
-def make_run_dir(root: Path) -> Path:
+def make_run_dir(root: Path, seed: int = 0) -> Path:
     """config.json, final.weights.h5 and one resume checkpoint (trainer weights + state.json) of the same
-    model, as `mgn_tf.engine.train` writes them."""
+    model (`distinct_fresh_model` of `seed`), as `mgn_tf.engine.train` writes them."""
     from helpers.perturb import distinct_fresh_model
     from mgn_tf.optimizer import make_optimizer
     from mgn_tf.trainer import MGNTrainer
 
     run = root / "run"
     (run / CHECKPOINT).mkdir(parents=True)
-    model = distinct_fresh_model(NUM_CLASSES, INPUT_SIZE, seed=0)
+    model = distinct_fresh_model(NUM_CLASSES, INPUT_SIZE, seed=seed)
     model.save_weights(run / "final.weights.h5")
     trainer = MGNTrainer(model)
     trainer.compile(optimizer=make_optimizer("sgd", 0.01, 0.9, 5e-4))

@@ -1,0 +1,361 @@
+"""Search your own images:  python -m mgn_tf.search index|query [--flag=value ...]  (or mgn-search)
+
+    python -m mgn_tf.search index --weights runs/market --images /data/cams --index my_index
+    python -m mgn_tf.search index --index my_index --images /data/more_cams --add
+    python -m mgn_tf.search query --index my_index --images who.jpg,others/ --top_k 10 \\
+        --threshold_from runs/market/evaluation/results.json --fpr 1e-3 --out found
+
+index: embeds every image under the --images folders (recursively), image files or list files (.txt,
+one path per line) with any model `mgn_tf.inference.load` reads (run dir, checkpoint, SavedModel,
+TFLite, ONNX), flip-averaged and L2-normalised by default, and stores them as plain files (see
+`mgn_tf.gallery.index`). --add appends to an existing index, with its model (or a --weights that is
+the same model in another format). Images that cannot be decoded are skipped, listed and counted.
+query: the --top_k nearest gallery images of each query image by Euclidean distance on the stored
+features (exact by default; faiss by --backend), optionally re-ranked (--rerank), each flagged "same
+person" when its distance is below --threshold (or the one `mgn_tf.evaluate` measured at --fpr on a
+labelled split, --threshold_from its results.json). Writes results.json, results.csv, ranked-list
+PNGs and index.html (self-contained) to --out.
+Exit codes: 0 ok; 2 a bad flag, path, or model (another model than the index's), one line `error: ...`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from absl import flags
+
+from mgn_tf import cli
+from mgn_tf.errors import ConfigError
+from mgn_tf.files import atomic_path, atomic_write_json, image_files, is_image_name
+
+F = flags.FLAGS
+VERBS = ("index", "query")
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def define_flags() -> list[str]:
+    from mgn_tf.evaluation.settings import RerankParams
+    from mgn_tf.gallery import knn
+
+    before = set(F)
+    rr = RerankParams()
+    flags.DEFINE_string("index", None, "The gallery index folder (index: written; query: read).")
+    flags.DEFINE_list(
+        "images", [], "Image files, folders (searched recursively) and list files (.txt: one path per line)."
+    )
+    flags.DEFINE_string(
+        "weights",
+        None,
+        "index: the model (run dir, checkpoint, *.weights.h5, SavedModel, .tflite, .onnx). With --add or "
+        "query: default the index's model; another file must be the same model (its fingerprint is checked).",
+    )
+    flags.DEFINE_bool(
+        "add", False, "index: append the images to an existing index (already indexed ones skipped)."
+    )
+    flags.DEFINE_bool(
+        "flip", True, "index: average each image's features with its mirror image's (paper §4.1)."
+    )
+    flags.DEFINE_bool("normalize", True, "index: L2-normalise the features (distances are then in [0, 2]).")
+    flags.DEFINE_bool("float16", False, "index: store the features as float16 (half the disk and memory).")
+    flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
+    flags.DEFINE_bool("progress", True, "Show progress bars.")
+    flags.DEFINE_integer("top_k", 10, "query: matches per query.")
+    flags.DEFINE_enum("backend", "exact", list(knn.BACKENDS), "query: nearest-neighbour search.")
+    flags.DEFINE_integer("nlist", None, "query, faiss_ivf: cells (default about 4 sqrt(gallery size)).")
+    flags.DEFINE_integer("nprobe", knn.DEFAULT_NPROBE, "query, faiss_ivf: cells visited per query.")
+    flags.DEFINE_integer("ef_search", knn.DEFAULT_EF_SEARCH, "query, faiss_hnsw: search breadth.")
+    flags.DEFINE_integer(
+        "recall_queries",
+        100,
+        "query, approximate backends: queries also searched exactly to report recall@k.",
+    )
+    flags.DEFINE_bool(
+        "rerank", False, "query: k-reciprocal re-ranking (Zhong et al. 2017) of the candidates."
+    )
+    flags.DEFINE_integer("k1", rr.k1, "Re-ranking k1.")
+    flags.DEFINE_integer("k2", rr.k2, "Re-ranking k2.")
+    flags.DEFINE_float("lambda_value", rr.lambda_value, "Re-ranking weight of the original distance.")
+    flags.DEFINE_integer("rerank_pool", 100, "query: top candidates per query that re-ranking reorders.")
+    flags.DEFINE_float("threshold", None, "query: same person when the distance is below this.")
+    flags.DEFINE_string(
+        "threshold_from", None, "query: results.json of mgn_tf.evaluate; its threshold at --fpr is used."
+    )
+    flags.DEFINE_float(
+        "fpr", 1e-3, "query: the false-positive rate whose --threshold_from threshold is used."
+    )
+    flags.DEFINE_string("out", "search_results", "query: output folder.")
+    flags.DEFINE_integer("rows_per_figure", 8, "query: queries per ranked-list PNG (0: no PNG).")
+    return [name for name in F if name not in before]
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def collect_images(entries: list[str], flag: str = "--images") -> list[str]:
+    """Image paths of files, folders (recursive) and list files; ConfigError naming a bad entry."""
+    paths: list[str] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            paths += [str(p) for p in image_files(path)]
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            listed = [str(p if p.is_absolute() else path.parent / p) for p in map(Path, filter(None, lines))]
+            missing = [p for p in listed if not Path(p).is_file()]
+            if missing:
+                raise ConfigError(f"{flag}: {path} lists {len(missing)} missing file(s), e.g. {missing[0]}")
+            paths += listed
+        elif path.is_file() and is_image_name(path.name):
+            paths.append(str(path))
+        elif path.exists():
+            raise ConfigError(f"{flag}: {entry} is not an image file, a folder or a .txt list")
+        else:
+            raise ConfigError(f"{flag}: {entry} does not exist")
+    if not paths:
+        raise ConfigError(
+            f"{flag}={','.join(entries)}: no image files found" if entries else f"{flag}: not given"
+        )
+    return paths
+
+
+def load_embedder(path: str, flag: str = "--weights"):
+    from mgn_tf import inference
+
+    if not Path(path).exists():
+        raise ConfigError(f"{flag}={path}: does not exist")
+    try:
+        return inference.load(path)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise ConfigError(f"{flag}={path}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def report_skipped(skipped: list[dict], what: str) -> None:
+    if skipped:
+        print(f"Skipped {len(skipped)} unreadable {what} image(s):", file=sys.stderr)
+        for entry in skipped:
+            print(f"  {entry['path']}: {entry['error'].splitlines()[0]}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------- index
+
+
+def run_index() -> int:
+    from mgn_tf.gallery import Gallery, GalleryError
+    from mgn_tf.gallery.index import model_info
+
+    if not F.index:
+        raise ConfigError("--index: give the index folder to write")
+    paths = collect_images(F.images)
+    directory = Path(F.index)
+    exists = (directory / "index.json").exists()
+    started = time.perf_counter()
+    try:
+        if F.add:
+            if not exists:
+                raise ConfigError(f"--add: {directory} holds no index yet (run index without --add first)")
+            gallery = Gallery.load(directory)
+            embedder = load_embedder(
+                F.weights or gallery.model.source, "--weights" if F.weights else "index model"
+            )
+            gallery = Gallery.load(directory, embedder)
+            counts = gallery.add(paths, F.batch_size, F.progress)
+        else:
+            if exists:
+                raise ConfigError(f"--index={directory}: already holds an index (pass --add to append to it)")
+            if not F.weights:
+                raise ConfigError("--weights: give the model to index with")
+            embedder = load_embedder(F.weights)
+            model = model_info(embedder, flip=F.flip, normalize=F.normalize)
+            gallery = Gallery(model, "float16" if F.float16 else "float32", embedder)
+            counts = gallery.add(paths, F.batch_size, F.progress)
+    except GalleryError as exc:
+        raise ConfigError(f"--index={directory}: {exc}") from exc
+    report_skipped(gallery.skipped[len(gallery.skipped) - counts["skipped"] :], "gallery")
+    gallery.save(directory)
+    print(
+        f"Indexed {counts['added']} image(s) into {directory} ({len(gallery)} in all; {counts['skipped']} "
+        f"skipped as unreadable, {counts['already_indexed']} already indexed) in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- query
+
+
+def threshold_from_flags(model) -> tuple[float | None, dict | None]:
+    """(threshold, where it came from) from --threshold or --threshold_from/--fpr."""
+    import math
+
+    from mgn_tf.evaluation.verification import threshold_at
+
+    if F.threshold is not None and F.threshold_from:
+        raise ConfigError("--threshold and --threshold_from: pass at most one of them")
+    if F.threshold is not None:
+        if not F.threshold > 0:
+            raise ConfigError(f"--threshold={F.threshold}: must be > 0")
+        return F.threshold, {"value": F.threshold, "source": "--threshold"}
+    if not F.threshold_from:
+        return None, None
+    name = f"--threshold_from={F.threshold_from}"
+    try:
+        record = json.loads(Path(F.threshold_from).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot be read ({exc})") from exc
+    pairs = record.get("verification") if isinstance(record, dict) else None
+    if not pairs:
+        raise ConfigError(f"{name}: no 'verification' record (a results.json of mgn_tf.evaluate)")
+    try:
+        value = threshold_at(pairs, F.fpr)
+    except ValueError as exc:
+        raise ConfigError(f"--fpr={F.fpr:g}: {exc} in {F.threshold_from}") from exc
+    if bool(pairs["normalize"]) != model.normalize:
+        raise ConfigError(
+            f"{name}: measured on {'' if pairs['normalize'] else 'un'}normalised features, the index holds "
+            f"{'' if model.normalize else 'un'}normalised ones"
+        )
+    if pairs["distance"] == "cosine":  # on unit vectors, euclidean = sqrt(2 * cosine distance)
+        if not model.normalize:
+            raise ConfigError(f"{name}: a cosine-distance threshold; the index ranks by Euclidean distance")
+        value = math.sqrt(2 * value)
+    settings = record.get("settings", {})
+    if settings.get("flip") is not None and bool(settings["flip"]) != model.flip:
+        print(f"warning: {name} was measured with flip={settings['flip']}, the index uses flip={model.flip}")
+    source = {"value": value, "source": F.threshold_from, "fpr": F.fpr, "evaluated": settings.get("weights")}
+    return value, source
+
+
+def run_query() -> int:
+    from mgn_tf.evaluation.settings import RerankParams
+    from mgn_tf.gallery import Gallery, GalleryError
+    from mgn_tf.gallery.knn import import_faiss
+
+    if not F.index:
+        raise ConfigError("--index: give the index folder to search")
+    for name in ("top_k", "batch_size", "rerank_pool", "nprobe", "ef_search"):
+        if F[name].value < 1:
+            raise ConfigError(f"--{name}={F[name].value}: must be >= 1")
+    paths = collect_images(F.images)
+    try:
+        gallery = Gallery.load(F.index)
+    except GalleryError as exc:
+        raise ConfigError(f"--index={F.index}: {exc}") from exc
+    threshold, threshold_info = threshold_from_flags(gallery.model)
+    if F.backend != "exact":
+        try:
+            import_faiss()
+        except ImportError as exc:
+            raise ConfigError(f"--backend={F.backend}: {exc}") from exc
+    embedder = load_embedder(F.weights or gallery.model.source, "--weights" if F.weights else "index model")
+    try:
+        gallery = Gallery.load(F.index, embedder)
+    except GalleryError as exc:
+        raise ConfigError(f"--weights={F.weights or gallery.model.source}: {exc}") from exc
+    started = time.perf_counter()
+    features, queries, skipped = gallery.embed_queries(paths, F.batch_size, F.progress)
+    embed_seconds = round(time.perf_counter() - started, 3)
+    report_skipped(skipped, "query")
+    if not queries:
+        raise ConfigError(f"--images: none of the {len(paths)} query image(s) can be read")
+    rerank = RerankParams(F.k1, F.k2, F.lambda_value) if F.rerank else None
+    try:
+        result = gallery.search(
+            features, F.top_k, backend=F.backend, nprobe=F.nprobe, ef_search=F.ef_search, nlist=F.nlist,
+            rerank=rerank, rerank_pool=F.rerank_pool, threshold=threshold, recall_queries=F.recall_queries,
+        )  # fmt: skip
+    except GalleryError as exc:
+        raise ConfigError(f"--index={F.index}: {exc}") from exc
+    result.seconds["embed_queries"] = embed_seconds
+    write_results(Path(F.out), gallery, queries, skipped, result, threshold_info)
+    return 0
+
+
+def write_results(out: Path, gallery, queries, skipped, result, threshold_info) -> None:
+    from mgn_tf.evaluation.plots import RankedQuery, plot_ranked_lists
+    from mgn_tf.gallery.html import write_page
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "index": str(gallery.root), "gallery_size": len(gallery), "model": gallery.model.to_json(),
+        "backend": result.backend, "top_k": F.top_k, "distance": "euclidean", "threshold": threshold_info,
+        "rerank": result.rerank, "recall_vs_exact": result.recall_vs_exact, "skipped_queries": skipped,
+        "seconds": result.seconds,
+        "queries": [
+            {"path": q, "matches": [m.to_json() for m in ms]}
+            for q, ms in zip(queries, result.matches, strict=True)
+        ],
+    }  # fmt: skip
+    files = {"results": str(atomic_write_json(out / "results.json", record))}
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["query", "rank", "path", "distance", "rerank_distance", "same_person", "pid", "camera"]
+        )
+        for query, matches in zip(queries, result.matches, strict=True):
+            for m in matches:
+                same = "" if m.same_person is None else ("yes" if m.same_person else "no")
+                rerank_d = "" if m.rerank_distance is None else f"{m.rerank_distance:.6f}"
+                writer.writerow([query, m.rank, m.path, f"{m.distance:.6f}", rerank_d, same, m.pid, m.camera])
+    files["csv"] = str(out / "results.csv")
+    notes = [f"Gallery {gallery.root} ({len(gallery)} images), model {gallery.model.source}; backend "
+             f"{result.backend}; Euclidean distance d on "
+             f"{'L2-normalised ' if gallery.model.normalize else ''}"
+             "features."]  # fmt: skip
+    if threshold_info:
+        notes.append(f"Same person when d < {threshold_info['value']:.4f} (from {threshold_info['source']}"
+                     + (f" at FPR {threshold_info['fpr']:g})" if "fpr" in threshold_info else ")")
+                     )  # fmt: skip
+    if result.rerank:
+        notes.append(f"Order: k-reciprocal re-ranking of the top {result.rerank['pool']} candidates.")
+    if F.rows_per_figure > 0:
+        rows = [
+            RankedQuery(q, Path(q).name[:18], [m.path for m in ms],
+                        [f"{m.rank}: {m.distance:.3f}" for m in ms],
+                        [m.same_person for m in ms])
+            for q, ms in zip(queries, result.matches, strict=True)
+        ]  # fmt: skip
+        title = " ".join(notes) + " Frames: green = same person, red = different, grey = no threshold given."
+        for n, a in enumerate(range(0, len(rows), F.rows_per_figure), 1):
+            name = f"ranked_list_{n:03d}"
+            files[name] = str(plot_ranked_lists(rows[a : a + F.rows_per_figure], out / f"{name}.png", title))
+    files["html"] = str(write_page(out / "index.html", queries, result.matches, "mgn_tf search", notes))
+    for query, matches in list(zip(queries, result.matches, strict=True))[:20]:
+        print(f"{query}:")
+        for m in matches:
+            flag = "" if m.same_person is None else ("  same person" if m.same_person else "  different")
+            print(f"  {m.rank:3d}. d={m.distance:.4f}{flag}  {m.path}")
+    if len(queries) > 20:
+        print(f"... {len(queries) - 20} more queries in {files['results']}")
+    if result.recall_vs_exact:
+        r = result.recall_vs_exact
+        print(
+            f"recall@{r['k']} of {result.backend} against exact search on {r['queries']} queries: "
+            f"{r['recall']:.4f}"
+        )
+    print(f"Wrote {', '.join(files.values())}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[1] not in VERBS:
+        return cli.error(f"give a verb: {' or '.join(VERBS)} (e.g. python -m mgn_tf.search index --help)")
+    extra = argv[2:]
+    if extra:
+        F.images = [*F.images, *extra]  # images may also follow the verb
+    cli.import_tensorflow()
+    try:
+        return run_index() if argv[1] == "index" else run_query()
+    except ConfigError as exc:
+        return cli.error(exc)
+
+
+def run() -> None:
+    cli.run(main, define_flags, __doc__)
+
+
+if __name__ == "__main__":
+    run()
