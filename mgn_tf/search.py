@@ -65,8 +65,8 @@ def define_flags() -> list[str]:
     flags.DEFINE_bool("progress", True, "Show progress bars.")
     flags.DEFINE_integer("top_k", 10, "query: matches per query.")
     flags.DEFINE_enum("backend", "exact", list(knn.BACKENDS), "query: nearest-neighbour search.")
-    flags.DEFINE_integer("nlist", None, "query, faiss_ivf: cells (default about 4 sqrt(gallery size)).")
-    flags.DEFINE_integer("nprobe", knn.DEFAULT_NPROBE, "query, faiss_ivf: cells visited per query.")
+    flags.DEFINE_integer("nlist", None, "query, faiss_ivfpq/ivf: cells (default about sqrt(gallery size)).")
+    flags.DEFINE_integer("nprobe", knn.DEFAULT_NPROBE, "query, faiss_ivfpq/ivf: cells visited per query.")
     flags.DEFINE_integer("ef_search", knn.DEFAULT_EF_SEARCH, "query, faiss_hnsw: search breadth.")
     flags.DEFINE_integer(
         "recall_queries",

@@ -120,7 +120,11 @@ def test_faiss_flat_equals_exact_and_ivf_hnsw_reach_high_recall(tmp_path):
     exact = gallery.search(q, k=10)
     flat = gallery.search(q, k=10, backend="faiss_flat")
     assert [[m.index for m in r] for r in flat.matches] == [[m.index for m in r] for r in exact.matches]
-    for backend, options in (("faiss_ivf", {"nprobe": 8}), ("faiss_hnsw", {"ef_search": 64})):
+    for backend, options in (
+        ("faiss_ivfpq", {"nprobe": 8}),
+        ("faiss_ivf", {"nprobe": 8}),
+        ("faiss_hnsw", {"ef_search": 64}),
+    ):
         approx = gallery.search(q, k=10, backend=backend, recall_queries=50, **options)
         truth = np.array([[m.index for m in r] for r in exact.matches])
         found = np.array([[m.index for m in r] for r in approx.matches])

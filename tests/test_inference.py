@@ -159,3 +159,23 @@ def test_formats_are_detected(exported):
     assert artifacts.detect_format(out / "mgn") == "savedmodel"
     assert artifacts.detect_format(out / "mgn_int8.tflite") == "tflite"
     assert artifacts.detect_format(out / "mgn.onnx") == "onnx"
+
+
+def test_a_gallery_built_from_the_run_accepts_its_float32_exports(exported, query_files, mini_market_dir):
+    """The gallery fingerprint: the run and its fp32 ONNX / TFLite give the same model; queries embedded by
+    an export find what the run's own embeddings find. A different fresh model is refused."""
+    from helpers.exported import make_run_dir
+
+    from mgn_tf.gallery import Gallery, GalleryError
+
+    files = sorted((mini_market_dir / "bounding_box_train").glob("*.jpg"))[:8]
+    gallery = Gallery.build(inference.load(exported.run_dir), files)
+    expected = [[m.path for m in row] for row in gallery.search(query_files, k=5).matches]
+    for relative in ("mgn.onnx", "mgn_fp32.tflite"):
+        gallery.embedder = None
+        with_export = Gallery.load(gallery.save(exported.out.parent / f"gallery_{relative}"),
+                                   inference.load(exported.out / relative))  # fmt: skip
+        assert [[m.path for m in row] for row in with_export.search(query_files, k=5).matches] == expected
+    other = inference.load(make_run_dir(exported.out.parent / "other_model", seed=7))
+    with pytest.raises(GalleryError, match="not the model that built the index"):
+        Gallery.load(exported.out.parent / "gallery_mgn.onnx", other)

@@ -382,7 +382,8 @@ class Gallery:
     ) -> SearchResult:  # fmt: skip
         """The k nearest gallery images of each query (image paths, embedded here, or features [Q, D]).
 
-        backend: "exact" or "faiss_flat" / "faiss_ivf" (nlist cells, nprobe visited) / "faiss_hnsw"
+        backend: "exact" or "faiss_flat" / "faiss_ivfpq" (nlist cells, nprobe visited, 64-byte codes, the
+        best REFINE_FACTOR x k candidates ranked exactly) / "faiss_ivf" (float32 cells) / "faiss_hnsw"
         (ef_search). rerank: k-reciprocal re-ranking of the queries' top-`rerank_pool` candidates (all of
         them when the pool covers the gallery: then equal to re-ranking the whole gallery). threshold:
         mark each match same_person = distance < threshold. recall_queries: for an approximate
@@ -449,7 +450,8 @@ class Gallery:
             return knn.exact_search(features, self.features, k)
         kind = backend.removeprefix("faiss_")
         index = self.faiss_index(kind, nlist, seconds)
-        candidates = index.search(features, k, nprobe=nprobe, ef_search=ef_search)
+        wanted = k * knn.REFINE_FACTOR if kind == "ivfpq" else k  # compressed distances: refine more
+        candidates = index.search(features, wanted, nprobe=nprobe, ef_search=ef_search)
         return knn.refine(features, self.features, candidates, k)
 
     def faiss_index(self, kind: str, nlist: int | None = None, seconds: dict | None = None) -> knn.FaissIndex:

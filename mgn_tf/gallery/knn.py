@@ -3,8 +3,8 @@ shards, no Q x G matrix kept) or with faiss (flat = exact, IVF and HNSW = approx
 
 Every backend ranks by Euclidean distance between the stored features (L2-normalised ones when the
 gallery was built with normalisation, as `mgn_tf.evaluate` ranks by default); the distances of the
-returned neighbours are recomputed in float64 from the features, so they do not depend on the backend
-and an image searched against itself gets 0.
+returned neighbours are recomputed from the features' differences, so they do not depend on the
+backend and an image searched against itself gets 0.
 """
 
 from __future__ import annotations
@@ -16,11 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS: tuple[str, ...] = ("exact", "faiss_flat", "faiss_ivf", "faiss_hnsw")
+BACKENDS: tuple[str, ...] = ("exact", "faiss_flat", "faiss_ivfpq", "faiss_ivf", "faiss_hnsw")
 BLOCK_ROWS = 16384  # gallery rows converted to float32 and multiplied at a time
 QUERY_ROWS = 1024  # query rows per pass over the gallery
 DEFAULT_NPROBE = 32
 DEFAULT_EF_SEARCH = 128
+# IVF-PQ keeps 64 bytes per image instead of 4 bytes per dimension: scanning a cell is not bound by memory
+# bandwidth (an IVF-Flat cell of 2048-d float32 rows is), and its coarse distances only choose candidates:
+# REFINE_FACTOR x k of them are ranked by exact distance.
+PQ_BYTES = 64
+REFINE_FACTOR = 4
 HNSW_M = 32
 
 
@@ -76,30 +81,31 @@ def exact_search(queries: np.ndarray, shards: Sequence[np.ndarray], k: int) -> N
 
 
 def gather(shards: Sequence[np.ndarray], indices: np.ndarray) -> np.ndarray:
-    """Gallery rows at `indices` (any shape, -1 allowed: zeros) as float64 [..., D]."""
+    """Gallery rows at `indices` (any shape, -1 allowed: zeros) as float32 [..., D]."""
     flat = np.asarray(indices).reshape(-1)
     dim = shards[0].shape[1]
-    out = np.zeros((len(flat), dim), np.float64)
+    out = np.zeros((len(flat), dim), np.float32)
     bounds = np.cumsum([0] + [len(s) for s in shards])
     for s, shard in enumerate(shards):
         sel = np.nonzero((flat >= bounds[s]) & (flat < bounds[s + 1]))[0]
         if len(sel):
             local = flat[sel] - bounds[s]
             order = np.argsort(local)  # memory-mapped reads in file order
-            out[sel[order]] = np.asarray(shard[local[order]], np.float64)
+            out[sel[order]] = shard[local[order]]
     return out.reshape(*np.shape(indices), dim)
 
 
 def exact_distances(queries: np.ndarray, shards: Sequence[np.ndarray], indices: np.ndarray) -> np.ndarray:
-    """Euclidean distances (float64 arithmetic, float32 out) of each query to its gallery rows `indices`
-    [Q, c]; inf where an index is -1."""
-    queries, indices = np.asarray(queries, np.float64), np.asarray(indices, np.int64)
+    """Euclidean distances of each query to its gallery rows `indices` [Q, c] from the differences (not
+    from |q|^2 + |g|^2 - 2 q.g, which cancels: an image finds itself at exactly 0); inf where -1."""
+    queries, indices = np.asarray(queries, np.float32), np.asarray(indices, np.int64)
     out = np.full(indices.shape, np.inf, np.float32)
     step = max(1, QUERY_ROWS * 16 // max(indices.shape[1], 1))  # about QUERY_ROWS * 16 rows gathered at once
     for a in range(0, len(queries), step):
         cand = indices[a : a + step]
         rows = gather(shards, cand)
-        d = np.sqrt(np.sum((rows - queries[a : a + step, None, :]) ** 2, axis=2))
+        rows -= queries[a : a + step, None, :]
+        d = np.sqrt(np.einsum("qcd,qcd->qc", rows, rows))
         out[a : a + step] = np.where(cand < 0, np.inf, d)
     return out
 
@@ -141,15 +147,17 @@ def import_faiss():
 
 
 def default_nlist(count: int) -> int:
-    """IVF cells: about 4 sqrt(N), at least 1 and at most N/39 (faiss wants >= 39 points per cell)."""
-    return int(max(1, min(4 * np.sqrt(count), count // 39, 65536)))
+    """IVF cells: about sqrt(N) (training and adding cost N x cells distances, the budget of a small CPU),
+    at least 1 and at most N/39 (faiss wants >= 39 training points per cell)."""
+    return int(max(1, min(np.sqrt(count), count // 39, 65536)))
 
 
 class FaissIndex:
-    """A faiss index over the gallery's features (L2 metric, float32 copy in memory).
+    """A faiss index over the gallery's features (L2 metric).
 
-    kind: "flat" (exact), "ivf" (IndexIVFFlat, `nlist` cells trained on a seeded sample, `nprobe` visited)
-    or "hnsw" (IndexHNSWFlat, M = HNSW_M, `ef_search`).
+    kind: "flat" (exact, float32 copy), "ivfpq" (IndexIVFPQ: `nlist` cells trained on a seeded sample,
+    `nprobe` visited, PQ_BYTES codes per image), "ivf" (IndexIVFFlat: the same cells, float32 copy) or
+    "hnsw" (IndexHNSWFlat, M = HNSW_M, `ef_search`, float32 copy).
     """
 
     def __init__(self, index, kind: str, count: int):
@@ -168,13 +176,20 @@ class FaissIndex:
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, HNSW_M)
             index.hnsw.efConstruction = 80
-        elif kind == "ivf":
+        elif kind in ("ivf", "ivfpq"):
             nlist = nlist or default_nlist(count)
-            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+            if kind == "ivf":
+                index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+            else:
+                m = next(m for m in (PQ_BYTES, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+                nbits = (
+                    8 if count >= 39 * 256 else max(1, int(np.log2(max(count, 78) / 39)))
+                )  # faiss: >= 39 per centroid
+                index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, nbits)
             rows = np.sort(np.random.default_rng(seed).choice(count, min(count, train_rows), replace=False))
             index.train(np.ascontiguousarray(gather(shards, rows), np.float32))
         else:
-            raise ValueError(f"faiss index kind must be flat, ivf or hnsw, got {kind!r}")
+            raise ValueError(f"faiss index kind must be flat, ivfpq, ivf or hnsw, got {kind!r}")
         for _, block in _rows(shards):
             index.add(np.ascontiguousarray(block))
         return cls(index, kind, count)
@@ -183,7 +198,7 @@ class FaissIndex:
         self, queries: np.ndarray, k: int, nprobe: int = DEFAULT_NPROBE, ef_search: int = DEFAULT_EF_SEARCH
     ) -> np.ndarray:
         """Candidate indices [Q, k] (-1 where faiss found fewer)."""
-        if self.kind == "ivf":
+        if self.kind in ("ivf", "ivfpq"):
             self.index.nprobe = nprobe
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = max(ef_search, k)
