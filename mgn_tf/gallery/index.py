@@ -21,6 +21,7 @@ or a lossy int8 export does not, and adding to or querying an index with it is r
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import time
@@ -176,6 +177,11 @@ class Shard:
     items: list[Item]
     file: str | None = None  # features file name once saved
     added: str = ""  # when it was added (ISO 8601, UTC)
+    scattered: np.ndarray | None = None  # the same file mapped for scattered row reads (no readahead)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.features if self.scattered is None else self.scattered
 
 
 @dataclass
@@ -275,6 +281,11 @@ class Gallery:
         return [item for shard in self.shards for item in shard.items]
 
     @property
+    def rows(self) -> list[np.ndarray]:
+        """The shards' features for reading scattered rows (candidates), in gallery order."""
+        return [s.rows for s in self.shards]
+
+    @property
     def features(self) -> list[np.ndarray]:
         """The shards' feature arrays (memory maps for a loaded gallery), in gallery order."""
         return [s.features for s in self.shards]
@@ -354,7 +365,13 @@ class Gallery:
                     f"{directory}: shard {entry['features']} holds {features.shape} features and "
                     f"{len(items)} items, index.json says {entry['count']}"
                 )
-            gallery.shards.append(Shard(features, items, entry["features"], entry.get("added", "")))
+            scattered = np.load(directory / entry["features"], mmap_mode="r")
+            if hasattr(mmap, "MADV_RANDOM") and getattr(scattered, "_mmap", None) is not None:
+                # Readahead fetches ~128 KiB around each touched page: for the few rows a query's candidates
+                # need, that reads most of the file. The sequential exact scan keeps its own mapping.
+                scattered._mmap.madvise(mmap.MADV_RANDOM)
+            shard = Shard(features, items, entry["features"], entry.get("added", ""), scattered)
+            gallery.shards.append(shard)
         gallery.skipped = list(record.get("skipped", []))
         gallery.root = directory
         if embedder is not None:
@@ -452,7 +469,7 @@ class Gallery:
         index = self.faiss_index(kind, nlist, seconds)
         wanted = k * knn.REFINE_FACTOR if kind == "ivfpq" else k  # compressed distances: refine more
         candidates = index.search(features, wanted, nprobe=nprobe, ef_search=ef_search)
-        return knn.refine(features, self.features, candidates, k)
+        return knn.refine(features, self.rows, candidates, k)
 
     def faiss_index(self, kind: str, nlist: int | None = None, seconds: dict | None = None) -> knn.FaissIndex:
         """The faiss index of this gallery (built once; cached in the gallery folder when saved)."""
@@ -478,15 +495,15 @@ class Gallery:
         from mgn_tf.evaluation.rerank import re_ranking_features
 
         pool = np.unique(neighbours.indices[neighbours.indices >= 0])
-        cand = knn.gather(self.features, pool).astype(np.float32)
+        cand = knn.gather(self.rows, pool)
         dist = np.empty((len(features), len(pool)), np.float32)
         for rows, chunk in re_ranking_features(features, cand, params.k1, params.k2, params.lambda_value):
             dist[rows] = chunk
         order = np.lexsort((np.broadcast_to(pool, dist.shape), dist), axis=1)[:, :k]
         indices = pool[order]
-        return knn.Neighbours(
-            indices, knn.exact_distances(features, self.features, indices)
-        ), np.take_along_axis(dist, order, 1)
+        return knn.Neighbours(indices, knn.exact_distances(features, self.rows, indices)), np.take_along_axis(
+            dist, order, 1
+        )
 
 
 def _items_name(features_name: str | None) -> str | None:
