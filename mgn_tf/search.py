@@ -161,7 +161,7 @@ def run_index() -> int:
             embedder = load_embedder(
                 F.weights or gallery.model.source, "--weights" if F.weights else "index model"
             )
-            gallery = Gallery.load(directory, embedder)
+            gallery.attach(embedder)
             counts = gallery.add(paths, F.batch_size, F.progress)
         else:
             if exists:
@@ -253,7 +253,7 @@ def run_query() -> int:
             raise ConfigError(f"--backend={F.backend}: {exc}") from exc
     embedder = load_embedder(F.weights or gallery.model.source, "--weights" if F.weights else "index model")
     try:
-        gallery = Gallery.load(F.index, embedder)
+        gallery.attach(embedder)
     except GalleryError as exc:
         raise ConfigError(f"--weights={F.weights or gallery.model.source}: {exc}") from exc
     started = time.perf_counter()

@@ -139,27 +139,8 @@ def test_add_gives_the_same_results_as_indexing_everything_at_once(setup, querie
 def test_another_model_is_refused_in_one_line(setup, indexed):
     index, _ = indexed
     before = (index / "index.json").read_text()
-    for args in (
-        (
-            "index",
-            "--add",
-            "--weights",
-            str(setup["other"]),
-            "--images",
-            str(setup["queries"][0]),
-            "--index",
-            str(index),
-        ),
-        (
-            "query",
-            "--weights",
-            str(setup["other"]),
-            "--images",
-            str(setup["queries"][0]),
-            "--index",
-            str(index),
-        ),
-    ):
+    one = ("--weights", str(setup["other"]), "--images", str(setup["queries"][0]), "--index", str(index))
+    for args in (("index", "--add", *one), ("query", *one)):
         done = search(*args, check=False)
         assert done.returncode == 2, done.stderr[-2000:]
         lines = done.stderr.strip().splitlines()

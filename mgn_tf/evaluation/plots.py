@@ -82,16 +82,23 @@ class RankedQuery:
     matches: Sequence[bool | None]  # None: not known (grey frame)
 
 
-def _thumbnail(path: str, border_rgb: tuple[int, int, int]) -> np.ndarray:
-    """The image resized to THUMB_SIZE inside a coloured frame (grey with a diagonal if unreadable)."""
+def thumbnail(path: str) -> np.ndarray:
+    """The image as uint8 [height, width, 3] at THUMB_SIZE (bilinear); grey with a diagonal if unreadable."""
     width, height = THUMB_SIZE
     try:
         with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
+            return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
     except (OSError, ValueError):
         pixels = np.full((height, width, 3), 200, np.uint8)
         rr = np.arange(height)
         pixels[rr, (rr * (width - 1)) // (height - 1)] = 0
+        return pixels
+
+
+def _thumbnail(path: str, border_rgb: tuple[int, int, int]) -> np.ndarray:
+    """`thumbnail` inside a coloured frame."""
+    width, height = THUMB_SIZE
+    pixels = thumbnail(path)
     framed = np.empty((height + 2 * BORDER, width + 2 * BORDER, 3), np.uint8)
     framed[:] = border_rgb
     framed[BORDER:-BORDER, BORDER:-BORDER] = pixels

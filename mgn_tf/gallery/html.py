@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mgn_tf.evaluation.plots import THUMB_SIZE, thumbnail
 from mgn_tf.files import atomic_write_text
 from mgn_tf.gallery.index import Match
 
-THUMB_SIZE = (64, 128)  # width, height
 FLAG_TEXT = {True: "same person", False: "different", None: ""}
 FLAG_CLASS = {True: "same", False: "diff", None: "unknown"}
 
@@ -33,19 +33,6 @@ figure.query img { border-color: #282828; } figure.query { margin-right: 22px; }
 figure.same img { border-color: #00aa00; } figure.diff img { border-color: #dc0000; }
 .flag { font-weight: bold; } .same .flag { color: #00aa00; } .diff .flag { color: #dc0000; }
 """
-
-
-def thumbnail(path: str) -> np.ndarray:
-    """The image as uint8 [128, 64, 3] (bilinear); grey with a diagonal line when it cannot be read."""
-    width, height = THUMB_SIZE
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
-    except (OSError, ValueError):
-        pixels = np.full((height, width, 3), 200, np.uint8)
-        rr = np.arange(height)
-        pixels[rr, (rr * (width - 1)) // (height - 1)] = 0
-        return pixels
 
 
 def data_uri(pixels: np.ndarray) -> str:

@@ -375,9 +375,13 @@ class Gallery:
         gallery.skipped = list(record.get("skipped", []))
         gallery.root = directory
         if embedder is not None:
-            check_same_model(model, embedder, str(directory))
-            gallery.embedder = embedder
+            gallery.attach(embedder)
         return gallery
+
+    def attach(self, embedder: Embedder) -> None:
+        """Embeds new images and queries with `embedder`; GalleryError unless it is the gallery's model."""
+        check_same_model(self.model, embedder, str(self.root or self.model.source))
+        self.embedder = embedder
 
     # ------------------------------------------------------------------ search
     def embed_queries(
