@@ -101,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--nprobe", default=f"8,{knn.DEFAULT_NPROBE}", help="IVF-PQ cells visited: a list")
+    parser.add_argument("--nprobe", default=f"16,{knn.DEFAULT_NPROBE},128", help="IVF-PQ cells visited")
     parser.add_argument("--ef_search", type=int, default=knn.DEFAULT_EF_SEARCH)
     args = parser.parse_args()
     rows = []
@@ -150,8 +150,10 @@ def main() -> None:
     notes = (
         f"{args.queries} queries per run, searched as one batch, top-{K}; 2048-d float16 gallery shards "
         "memory-mapped. "
-        "build s: faiss index training and adding (exact search needs none); IVF-PQ ranks its best "
-        f"{knn.REFINE_FACTOR} x 10 candidates by exact distance. recall@10: overlap with exact "
+        "build s: faiss index training and adding (exact search needs none; the first IVF-PQ row builds "
+        f"the index, the others reuse it). IVF-PQ: spherical k-means cells, {knn.PQ_BYTES}-byte "
+        f"fast-scan codes, its best {knn.REFINE_FACTOR} x 10 candidates ranked by exact distance. "
+        "recall@10: overlap with exact "
         "search's top 10. Features: 20 images per identity around random unit centres (see the script)."
     )
     print(

@@ -486,7 +486,7 @@ class Gallery:
         if cached is not None and cached.exists():
             index = knn.FaissIndex.load(cached, kind, len(self))
         else:
-            index = knn.FaissIndex.build(self.features, kind, nlist)
+            index = knn.FaissIndex.build(self.features, kind, nlist, spherical=self.model.normalize)
             if cached is not None and kind != "flat":
                 index.save(cached)
         if seconds is not None:
