@@ -20,6 +20,9 @@ from mgn_tf.geometry import InputSize, check_input_size
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 OPTIMIZERS = ("sgd", "adam")
 ON_BAD_FILE = ("substitute", "stop")  # what the training pipeline does with a file gone bad mid-run
+LR_SCHEDULES = ("step", "cosine")
+EVAL_SPLITS = ("validation", "test")  # what --eval_every_epochs evaluates
+ERASING_FILLS = ("mean", "random")
 
 # Resume: every setting in a run's config.json is compared with the resumed run's, except these, which
 # change neither the model, the data order nor the optimisation (only how, where or how loudly it runs).
@@ -38,6 +41,7 @@ NOT_COMPARED_ON_RESUME: dict[str, str] = {
     "strict_data": "whether a bad file stops the run",
     "on_bad_file": "what happens to a file that goes bad mid-run (every replacement is listed)",
     "eval_at_end": "the evaluation after training",
+    "eval_every_epochs": "when the evaluation during training runs (validation.json lists the epochs)",
     "evaluation": "the evaluation after training",
     "verbose": "console output",
     "resume_override": "the override request itself (recorded in resume_overrides)",
@@ -58,6 +62,7 @@ RESUME_OVERRIDABLE = (
     "margin",
     "softmax_weight",
     "triplet_weight",
+    "label_smoothing",
     "flip",
     "mixed_precision",
 )
@@ -95,6 +100,24 @@ class TrainConfig:
     softmax_weight: float = 1.0
     triplet_weight: float = 1.0
     flip: bool = True
+    pad_crop: int = 0
+    jitter_brightness: float = 0.0
+    jitter_contrast: float = 0.0
+    jitter_saturation: float = 0.0
+    jitter_hue: float = 0.0
+    random_erasing: float = 0.0
+    erasing_fill: str = "mean"
+    label_smoothing: float = 0.0
+    lr_schedule: str = "step"
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.1
+    init_from: str = ""
+    freeze_backbone_epochs: int = 0
+    new_layer_lr_factor: float = 1.0
+    combine_all: bool = False
+    eval_every_epochs: int = 0
+    eval_split: str = "validation"
+    val_identities: int = 0
     seed: int = 0
     deterministic: bool = False
     strategy: str = "auto"
@@ -112,6 +135,14 @@ class TrainConfig:
     verbose: int = 1
 
     @property
+    def datasets(self) -> list[tuple[str, str]]:
+        """(reader name, root) of every dataset of the run: --dataset and --data_dir are comma lists of
+        the same length (one --data_dir for one dataset)."""
+        names = [n.strip().lower() for n in self.dataset.split(",")]
+        roots = [d.strip() for d in self.data_dir.split(",")] if len(names) > 1 else [self.data_dir]
+        return list(zip(names, roots, strict=False))
+
+    @property
     def input_size(self) -> InputSize:
         return self.input_height, self.input_width
 
@@ -127,8 +158,20 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"--{flag}={getattr(self, flag)!r}: {message}")
 
+        def one_of(flag: str, values: tuple[str, ...]) -> None:
+            need(getattr(self, flag) in values, flag, f"accepted values: {', '.join(values)}")
+
         names = dataset_names()
-        need(self.dataset in names, "dataset", f"accepted values: {', '.join(names)}")
+        chosen = [n.strip().lower() for n in self.dataset.split(",")]
+        for name in chosen:
+            need(name in names, "dataset", f"{name!r} is not a dataset; accepted values: {', '.join(names)}")
+        if len(chosen) > 1:
+            roots = self.data_dir.split(",")
+            need(
+                len(roots) == len(chosen), "data_dir",
+                f"{len(chosen)} datasets need {len(chosen)} comma-separated folders, got {len(roots)}",
+            )  # fmt: skip
+        need(len(set(self.datasets)) == len(self.datasets), "dataset", "a dataset folder is listed twice")
         need(self.p >= 2, "p", "P (identities per batch) must be >= 2 for the batch-hard triplet loss")
         need(self.k >= 1, "k", "K (images per identity) must be >= 1")
         need(self.k >= 2 or self.triplet_weight == 0, "k", "K must be >= 2 when --triplet_weight > 0")
@@ -136,7 +179,7 @@ class TrainConfig:
         need(
             self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0 (0 = one pass over the training set)"
         )
-        need(self.optimizer in OPTIMIZERS, "optimizer", f"accepted values: {', '.join(OPTIMIZERS)}")
+        one_of("optimizer", OPTIMIZERS)
         need(self.lr > 0, "lr", "must be > 0")
         need(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")
         need(all(e > 0 for e in self.lr_decay_epochs), "lr_decay_epochs", "epochs must be positive integers")
@@ -146,12 +189,48 @@ class TrainConfig:
         need(self.softmax_weight >= 0, "softmax_weight", "must be >= 0")
         need(self.triplet_weight >= 0, "triplet_weight", "must be >= 0")
         need(self.softmax_weight + self.triplet_weight > 0, "softmax_weight", "both loss weights are 0")
-        need(self.strategy in STRATEGIES, "strategy", f"accepted values: {', '.join(STRATEGIES)}")
+        one_of("strategy", STRATEGIES)
         need(self.cpu_replicas >= 0, "cpu_replicas", "must be >= 0")
         need(
             self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0 = every epoch only)"
         )
-        need(self.on_bad_file in ON_BAD_FILE, "on_bad_file", f"accepted values: {', '.join(ON_BAD_FILE)}")
+        one_of("on_bad_file", ON_BAD_FILE)
+        need(self.pad_crop >= 0, "pad_crop", "must be >= 0 (0: off)")
+        for name in ("jitter_brightness", "jitter_contrast", "jitter_saturation"):
+            need(getattr(self, name) >= 0, name, "must be >= 0 (0: off)")
+        need(0 <= self.jitter_hue <= 0.5, "jitter_hue", "must be in [0, 0.5] (0: off)")
+        need(0 <= self.random_erasing <= 1, "random_erasing", "a probability in [0, 1] (0: off)")
+        one_of("erasing_fill", ERASING_FILLS)
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1) (0: off)")
+        one_of("lr_schedule", LR_SCHEDULES)
+        need(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0 (0: no warm-up)")
+        need(0 < self.warmup_factor <= 1, "warmup_factor", "must be in (0, 1]")
+        need(self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "must be >= 0 (0: off)")
+        need(
+            self.freeze_backbone_epochs < self.epochs or self.freeze_backbone_epochs == 0,
+            "freeze_backbone_epochs", f"must be below --epochs={self.epochs} (else only the heads train)",
+        )  # fmt: skip
+        need(self.new_layer_lr_factor > 0, "new_layer_lr_factor", "must be > 0")
+        need(
+            self.new_layer_lr_factor == 1 or bool(self.init_from), "new_layer_lr_factor",
+            "only with --init_from (the layers it does not load are the new ones)",
+        )  # fmt: skip
+        if self.init_from:
+            need(
+                Path(self.init_from).exists(), "init_from",
+                "no such run folder, checkpoint or weights file",
+            )  # fmt: skip
+        need(self.eval_every_epochs >= 0, "eval_every_epochs", "must be >= 0 (0: only after training)")
+        one_of("eval_split", EVAL_SPLITS)
+        need(self.val_identities >= 0, "val_identities", "must be >= 0 (0: a tenth of the identities)")
+        need(
+            not self.val_identities or (self.eval_every_epochs and self.eval_split == "validation"),
+            "val_identities", "only with --eval_every_epochs and --eval_split=validation",
+        )  # fmt: skip
+        need(
+            not (self.combine_all and self.eval_every_epochs and self.eval_split == "test"), "combine_all",
+            "trains on the test split: evaluate during training on --eval_split=validation",
+        )  # fmt: skip
         for name in self.resume_override:
             if name not in RESUME_OVERRIDABLE:
                 raise ConfigError(
@@ -176,8 +255,9 @@ class TrainConfig:
             "zero_init_residual",
             "only with --backbone_weights=none (it would overwrite the pretrained residual blocks)",
         )
-        if self.dataset != "synthetic":
-            need(Path(self.data_dir).is_dir(), "data_dir", f"no such folder for dataset {self.dataset!r}")
+        for name, root in self.datasets:
+            if name != "synthetic":
+                need(Path(root).is_dir(), "data_dir", f"no such folder {root!r} for dataset {name!r}")
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -212,6 +292,12 @@ def check_resume(old: dict, new: dict, overrides: tuple[str, ...], at_step: int)
     """Refuses a resume into a different experiment: ConfigError naming every changed setting with both
     values, unless each is listed in `overrides` (--resume_override). Returns the overrides applied,
     as config.json records them ({"step", "setting", "from", "to"})."""
+    if new.get("lr_schedule") == "cosine" and old.get("epochs") not in (None, new.get("epochs")):
+        raise ConfigError(
+            f"--epochs={new.get('epochs')}: the run in {new.get('run_dir')} was started with --epochs="
+            f"{old.get('epochs')} and a cosine schedule, whose every step depends on the run's length; "
+            "resume with the same --epochs or choose a new --run_dir"
+        )
     changes = resume_changes(old, new)
     refused = {k: v for k, v in changes.items() if k not in overrides}
     if refused:

@@ -57,11 +57,19 @@ def batch_hard_triplet_loss(labels: tf.Tensor, embeddings: tf.Tensor, margin: fl
     return tf.reduce_mean(batch_hard_triplet_per_anchor(labels, embeddings, margin))
 
 
-def softmax_per_example(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """Cross-entropy of every head, averaged over heads: labels [B], logits [B, heads, C] -> [B]."""
+def softmax_per_example(labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """Cross-entropy of every head, averaged over heads: labels [B], logits [B, heads, C] -> [B].
+
+    `label_smoothing` e (Szegedy et al. 2016): the target is (1 - e) on the label plus e / C on every
+    class, i.e. (1 - e) * cross-entropy + e * mean over classes of -log p.
+    """
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1, 1])
     labels = tf.broadcast_to(labels, tf.shape(logits)[:2])
-    per_head = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=_loss_dtype(logits))
+    logits = _loss_dtype(logits)
+    per_head = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    if label_smoothing:
+        uniform = -tf.reduce_mean(tf.nn.log_softmax(logits, axis=-1), axis=-1)
+        per_head = (1.0 - label_smoothing) * per_head + label_smoothing * uniform
     return tf.reduce_mean(per_head, axis=1)
 
 

@@ -1,7 +1,8 @@
 """MGN's training step as a `keras.Model` subclass, so Keras's `fit` brings progress bars, callbacks and
 distribution.
 
-Per example, loss = softmax_weight * mean over the 8 identity heads of cross-entropy
+Per example, loss = softmax_weight * mean over the 8 identity heads of cross-entropy (label-smoothed
+                    if asked)
                   + triplet_weight * mean over the 3 global features of batch-hard triplet,
 and the batch loss is its mean over the GLOBAL batch: per-replica sums are scaled by the global batch
 size (`tf.nn.compute_average_loss`), so the gradients all-reduced by the optimizer equal one device's.
@@ -35,6 +36,7 @@ class MGNTrainer(keras.Model):
         margin: float = 1.2,
         softmax_weight: float = 1.0,
         triplet_weight: float = 1.0,
+        label_smoothing: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -42,6 +44,7 @@ class MGNTrainer(keras.Model):
         self.margin = margin
         self.softmax_weight = softmax_weight
         self.triplet_weight = triplet_weight
+        self.label_smoothing = label_smoothing
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
         self.trackers["id_accuracy"] = keras.metrics.Mean(name="id_accuracy")
         # Every variable lives in the (built) MGN model; train_step calls it directly, never `self`.
@@ -82,7 +85,7 @@ class MGNTrainer(keras.Model):
         """Per-example loss terms [local batch] for one replica's batch."""
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
         outputs = self.mgn(images, training=training)
-        softmax = softmax_per_example(labels, outputs["logits"])
+        softmax = softmax_per_example(labels, outputs["logits"], self.label_smoothing)
         triplet = self._triplet(labels, outputs["triplet_features"])
         triplet = tf.cast(triplet, softmax.dtype)
         total = self.softmax_weight * softmax + self.triplet_weight * triplet

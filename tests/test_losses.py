@@ -78,3 +78,22 @@ def test_triplet_per_example_averages_feature_sets():
     got = triplet_per_example(tf.constant(labels), tf.constant(feats), 1.2).numpy().mean()
     expected = np.mean([brute_force_batch_hard(labels, feats[:, i], 1.2) for i in range(3)])
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_label_smoothing_equals_the_smoothed_target_cross_entropy_by_hand():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 8, 5)).astype(np.float32)
+    labels = np.array([4, 0, 2])
+    eps = 0.1
+    got = softmax_per_example(tf.constant(labels), tf.constant(logits), label_smoothing=eps).numpy()
+    want = np.zeros(3)
+    for b in range(3):
+        for h in range(8):
+            z = logits[b, h].astype(np.float64)
+            log_p = z - np.log(np.exp(z).sum())
+            target = np.full(5, eps / 5)
+            target[labels[b]] += 1 - eps
+            want[b] += -(target * log_p).sum() / 8
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    plain = softmax_per_example(tf.constant(labels), tf.constant(logits)).numpy()
+    assert not np.allclose(got, plain)

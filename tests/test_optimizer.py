@@ -77,3 +77,50 @@ def test_make_optimizer_names():
     assert isinstance(make_optimizer("adam", 3.5e-4, 0.9, 5e-4), AdamL2)
     with pytest.raises(ValueError, match="rmsprop"):
         make_optimizer("rmsprop", 0.01, 0.9, 5e-4)
+
+
+@pytest.mark.parametrize("kind", ["step", "cosine"])
+def test_warmup_schedule_matches_the_formulas_written_out(kind):
+    from mgn_tf.optimizer import learning_rate_schedule
+
+    base, spe, epochs, warm, factor = 0.02, 5, 12, 2, 0.1
+    schedule = learning_rate_schedule(base, spe, epochs, kind, (6, 9), 0.1, warm, factor)
+    for s in range(epochs * spe + 3):
+        if s < warm * spe:  # linear from base x factor towards base
+            want = base * (factor + (1 - factor) * s / (warm * spe))
+        elif kind == "step":
+            want = base * 0.1 ** ((s >= 6 * spe) + (s >= 9 * spe))
+        else:
+            t = min(1.0, (s - warm * spe) / (epochs * spe - warm * spe))
+            want = base * (1 + np.cos(np.pi * t)) / 2
+        assert float(schedule(s)) == pytest.approx(want, rel=1e-5, abs=1e-9), s
+    assert float(schedule(warm * spe)) == pytest.approx(base)  # warm-up ends exactly at the base rate
+
+
+def test_without_warm_up_the_step_schedule_is_the_papers():
+    from mgn_tf.optimizer import learning_rate_schedule
+
+    schedule = learning_rate_schedule(0.01, 10, 80, "step", (40, 60), 0.1, 0, 0.1)
+    assert isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_lr_factors_scale_the_update_of_the_named_variables_only(name):
+    """A variable with factor 10 moves as it would under a tenfold learning rate; the other is unchanged."""
+    g = [np.array([0.3, -0.2], np.float32), np.array([0.1, 0.4], np.float32)]
+
+    def run(lr, factor):
+        a, b = (
+            keras.Variable(np.ones(2, np.float32), name="a"),
+            keras.Variable(np.ones(2, np.float32), name="b"),
+        )
+        optimizer = make_optimizer(name, lr, 0.9, 0.01, lr_factors={b.path: factor} if factor else None)
+        for grad in g:
+            optimizer.apply([tf.constant(grad), tf.constant(grad)], [a, b])
+        return a.numpy(), b.numpy()
+
+    a, b = run(0.01, 10.0)
+    plain_a, _ = run(0.01, None)
+    _, tenfold_b = run(0.1, None)
+    np.testing.assert_allclose(a, plain_a, rtol=1e-6)
+    np.testing.assert_allclose(b, tenfold_b, rtol=1e-6)

@@ -1,10 +1,11 @@
-"""The PK training pipeline: P identities × K images per batch, decoded, resized and flipped by tf.data.
+"""The PK training pipeline: P identities × K images per batch, decoded, resized and augmented by tf.data.
 
-The batch order of every epoch is a pure function of (seed, epoch), and the random flip of every sample a
-pure function of (seed, its position in the run), so a run resumed at any step sees exactly the data an
-uninterrupted run would. A file that cannot be read during training (it went bad after the pre-training
-scan) never changes that: its sample is replaced by another image of the same identity chosen from
-(seed, position), or the run stops naming the file; every replacement is logged. This module knows
+The batch order of every epoch is a pure function of (seed, epoch), and the augmentation of every sample
+(`mgn_tf.data.augment`: flip, pad and crop, colour jitter, random erasing) a pure function of (seed, its
+position in the run), so a run resumed at any step sees exactly the data an uninterrupted run would. A
+file that cannot be read during training (it went bad after the pre-training scan) never changes that:
+its sample is replaced by another image of the same identity chosen from (seed, position), and augmented
+as that position is, or the run stops naming the file; every replacement is logged. This module knows
 nothing about datasets: it takes paths and training labels.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from mgn_tf.config import ON_BAD_FILE
+from mgn_tf.data.augment import Augmentation, augment
 from mgn_tf.images import decode_and_resize
 
 
@@ -205,6 +207,7 @@ def train_dataset(
     steps_per_epoch: int | None = None,
     on_bad_file: str = "substitute",
     bad_files: BadFileLog | None = None,
+    augmentation: Augmentation | None = None,
 ) -> tf.data.Dataset:
     """Batches of (images float32 [P*K, H, W, 3] RGB 0..255, labels int32 [P*K]) for epochs [start, epochs).
 
@@ -213,16 +216,18 @@ def train_dataset(
     Under a tf.distribute strategy with R replicas the global batch is split contiguously, so P must be
     a multiple of R for every replica to get whole K-groups.
     A file that fails to read or decode: with `on_bad_file="substitute"` its sample becomes the first
-    readable of `substitute_candidates` (same identity, same flip), recorded in `bad_files` and printed;
-    with "stop" (or when no candidate is readable) the dataset raises an error once the batch is reached
-    and `bad_files.fatal` is a `BadFileError` naming the file. Batch count and every other sample are
+    readable of `substitute_candidates` (same identity, same augmentation), recorded in `bad_files` and
+    printed; with "stop" (or when no candidate is readable) the dataset raises an error once the batch is
+    reached and `bad_files.fatal` is a `BadFileError` naming the file. Batch count and every other sample are
     unchanged either way.
+    `augmentation`: what to apply to each sample (default: `Augmentation(flip=flip)`, the paper's flip).
     """
     if len(paths) != len(labels):
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
     if on_bad_file not in ON_BAD_FILE:
         raise ValueError(f"on_bad_file={on_bad_file!r}: accepted values: {', '.join(ON_BAD_FILE)}")
     bad_files = bad_files if bad_files is not None else BadFileLog()
+    augmentation = (augmentation or Augmentation(flip=flip)).validate()
     labels = np.asarray(labels, np.int32)
     paths = [str(path) for path in paths]
     steps = steps_per_epoch or batches_per_epoch(labels, p, k)
@@ -259,11 +264,8 @@ def train_dataset(
         tried = tf.data.Dataset.from_tensor_slices(sample_candidates).map(load).ignore_errors().take(1)
         return tried.map(lambda image, used: (image, used, sample_position))
 
-    def flip_sample(image, used, sample_position):
-        if flip:
-            coin = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), sample_position]))
-            image = tf.cond(coin < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        return image, used, sample_position
+    def augment_sample(image, used, sample_position):
+        return augment(image, seed, sample_position, augmentation), used, sample_position
 
     def check(used: np.ndarray, sample_position: np.ndarray) -> np.ndarray:
         """Host side: records replacements (or the fatal file) of one batch; returns its labels."""
@@ -309,6 +311,6 @@ def train_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    dataset = dataset.map(flip_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(augment_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch, drop_remainder=True).map(checked)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -41,6 +41,9 @@ class Split:
     num_train_pids: int
     num_train_cams: int
     multi_query: list[Item] | None = None
+    # Gallery pids that label no one person (Market-1501's "0000" distractor boxes): never trained on,
+    # also not by `mgn_tf.data.splits.combine_all`.
+    distractor_pids: tuple[int, ...] = ()
 
     def summary(self) -> str:
         """A small table like torchreid prints: subset | # ids | # images | # cameras."""
@@ -162,6 +165,7 @@ def make_split(
     query: list[Item],
     gallery: list[Item],
     multi_query: list[Item] | None = None,
+    distractor_pids: tuple[int, ...] = (),
 ) -> Split:
     """Relabel the training pids to 0..C-1 (sorted original pids) and count training cameras."""
     if not train:
@@ -177,6 +181,7 @@ def make_split(
         num_train_pids=len(label),
         num_train_cams=len({cam for _, _, cam in train}),
         multi_query=multi_query,
+        distractor_pids=distractor_pids,
     )
 
 
@@ -205,4 +210,4 @@ def read_market_layout(dataset: str, root: Path, pattern: Pattern, multi_query_d
         multi_query = [
             it for it in read_folder_images(dataset, folder / multi_query_dir, pattern) if it[1] > 0
         ]
-    return make_split(dataset, folder, train, query, gallery, multi_query)
+    return make_split(dataset, folder, train, query, gallery, multi_query, distractor_pids=(0,))
