@@ -12,7 +12,9 @@ Run directory (``--run_dir``)::
     checkpoints/rejected/             checkpoints whose weights gave a non-finite loss (kept, not resumed)
     final.weights.h5                  the trained `build_mgn` model's weights
     eval/results.json, eval/*.png     the final evaluation (the same files `python -m mgn_tf.evaluate` writes)
-    history.csv, logs/                per-epoch loss terms, TensorBoard
+    history.csv, logs/                per-epoch loss terms (and evaluation during training), TensorBoard
+    validation.json, validation/epoch_NNN/   --eval_every_epochs: every evaluation during training
+    best.weights.h5, best.json        the weights of the best mAP during training, and which epoch it was
     data_scan.json, skipped_images.txt, converted_images/   what the pre-training data scan found
     replaced_images.json              images unreadable during training and the substitutes trained instead
     workers/worker_i/                 resume state of worker i > 0 under MultiWorkerMirroredStrategy
@@ -41,6 +43,10 @@ CHECKPOINT_WEIGHTS = "trainer.weights.h5"
 CHECKPOINT_STATE = "state.json"
 REJECTED_DIR = "rejected"  # checkpoints/rejected/: set aside after a non-finite loss (their weights gave it)
 HISTORY_CSV = "history.csv"
+VALIDATION_JSON = "validation.json"
+VALIDATION_DIR = "validation"
+BEST_WEIGHTS = "best.weights.h5"
+BEST_JSON = "best.json"
 LOGS_DIR = "logs"
 EVAL_DIR = "eval"
 RESULTS_JSON = "results.json"

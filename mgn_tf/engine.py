@@ -1,7 +1,9 @@
 """One training run, from a `TrainConfig` to a run directory (its layout: `mgn_tf.artifacts`):
 
-dataset -> data scan -> PK pipeline -> MGN model -> MGNTrainer.fit -> checkpoints -> final weights
-  -> the evaluation pipeline of `python -m mgn_tf.evaluate` (`mgn_tf.evaluation.pipeline.evaluate`)
+datasets (combined, all splits, identities held out for validation) -> data scan -> PK pipeline with
+augmentations -> MGN model [initialised from a trained run] -> MGNTrainer.fit [heads only first]
+  -> per epoch: history, evaluation during training + best weights, checkpoint
+  -> final weights -> the evaluation pipeline of `python -m mgn_tf.evaluate` on each test split
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ from mgn_tf.checkpoint import (
     restore_checkpoint,
 )
 from mgn_tf.config import TrainConfig, check_resume
-from mgn_tf.data.datasets import Split, load_dataset
+from mgn_tf.data.augment import Augmentation
+from mgn_tf.data.datasets import Split, dataset_options, load_dataset
 from mgn_tf.data.pipeline import BadFileLog, batches_per_epoch, train_dataset
+from mgn_tf.data.splits import combine, combine_all, default_validation_ids, hold_out
 from mgn_tf.errors import ConfigError
 from mgn_tf.evaluation.pipeline import check_split, evaluate
 from mgn_tf.files import atomic_path, atomic_write_json
+from mgn_tf.finetune import initialise_from, new_variable_paths, set_backbone_trainable
 from mgn_tf.model import build_mgn
-from mgn_tf.optimizer import make_optimizer, step_decay_schedule
+from mgn_tf.optimizer import learning_rate_schedule, make_optimizer
 from mgn_tf.runtime import ONEDNN_ENV, onednn_off
 from mgn_tf.trainer import MGNTrainer
+from mgn_tf.validation import EpochHistory, PeriodicEvaluation
 
 
 def configure_runtime(config: TrainConfig) -> None:
@@ -173,20 +179,90 @@ def _training_items(config: TrainConfig, split: Split, run_dir: Path) -> tuple[l
     return [path for path, _, _ in items], labels.astype(np.int32)
 
 
-def train(config: TrainConfig) -> dict:
+def _load_splits(config: TrainConfig) -> list[Split]:
+    """Every dataset of the run, each read with the options its reader takes."""
+    splits = []
+    for name, root in config.datasets:
+        accepted = dataset_options(name)
+        options = {k: v for k, v in config.dataset_options.items() if k in accepted}
+        splits.append(load_dataset(name, root, **options))
+        print(splits[-1].summary(), flush=True)
+    return splits
+
+
+def _training_split(config: TrainConfig, splits: list[Split]) -> tuple[Split, Split | None, str]:
+    """(what to train on, what --eval_every_epochs evaluates or None, its log prefix "val" / "test")."""
+    train_split = combine([combine_all(s) if config.combine_all else s for s in splits])
+    if config.combine_all:
+        print(f"--combine_all: training on every split: {train_split.num_train_pids} identities", flush=True)
+    if not config.eval_every_epochs:
+        return train_split, None, ""
+    if config.eval_split == "test":
+        check_split(splits[0], config.evaluation)
+        print(
+            f"--eval_split=test: evaluating on the test split of {splits[0].name} during training; "
+            "best.weights.h5 is then chosen on the test set (report test figures of another model)",
+            flush=True,
+        )
+        return train_split, splits[0], "test"
+    count = config.val_identities or default_validation_ids(train_split.num_train_pids)
+    try:
+        train_split, validation = hold_out(train_split, count, config.seed)
+    except ValueError as exc:
+        raise ConfigError(f"--val_identities={config.val_identities}: {exc}") from exc
+    print(
+        f"Validation: {count} training identities held out (seed {config.seed}): {len(validation.query)} "
+        f"queries, {len(validation.gallery)} gallery images; {train_split.num_train_pids} identities train",
+        flush=True,
+    )
+    return train_split, validation, "val"
+
+
+def _augmentation(config: TrainConfig) -> Augmentation:
+    return Augmentation(
+        flip=config.flip, pad=config.pad_crop, brightness=config.jitter_brightness,
+        contrast=config.jitter_contrast, saturation=config.jitter_saturation, hue=config.jitter_hue,
+        erasing_probability=config.random_erasing, erasing_fill=config.erasing_fill,
+    )  # fmt: skip
+
+
+def _fit_segments(start: int, steps_per_epoch: int, epochs: int, frozen_epochs: int) -> list[tuple]:
+    """(first epoch, end epoch, first step in it, backbone frozen) of each `fit` call: the rest of an
+    interrupted epoch first, then the frozen epochs, then the others."""
+    epoch, step = divmod(start, steps_per_epoch)
+    segments = []
+    if step:
+        segments.append((epoch, epoch + 1, step, epoch < frozen_epochs))
+        epoch += 1
+    for first, end in ((epoch, min(frozen_epochs, epochs)), (max(epoch, frozen_epochs), epochs)):
+        if first < end:
+            segments.append((first, end, 0, first < frozen_epochs))
+    return segments
+
+
+def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
     """Trains (or resumes) the run in `config.run_dir`; returns the final evaluation's results.json
-    content ({} without evaluation)."""
+    content ({} without evaluation; {dataset name: results} when several datasets are evaluated).
+
+    `callbacks`: Keras callbacks added after the run's own, so they see the epoch's evaluation in the
+    logs (e.g. `keras.callbacks.EarlyStopping(monitor="val_mAP", mode="max", patience=5)` with
+    --eval_every_epochs=1); a callback that stops training ends the run as a finished one.
+    """
     config.validate()
     strategy = make_strategy(config)  # first: MultiWorkerMirroredStrategy must precede any TF op
     keras.utils.set_random_seed(config.seed)
     run_dir, chief = worker_run_dir(Path(config.run_dir), strategy)
     run_dir.mkdir(parents=True, exist_ok=True)
-    options = dict(config.dataset_options)
-    split = load_dataset(config.dataset, config.data_dir, **options)
-    print(split.summary(), flush=True)
-    evaluate_at_end = config.eval_at_end and chief and bool(split.query and split.gallery)
+    splits = _load_splits(config)
+    tests = [] if config.combine_all else [s for s in splits if s.query and s.gallery]
+    if config.eval_at_end and config.combine_all:
+        print("--combine_all: no evaluation after training (the test split was trained on)", flush=True)
+    evaluate_at_end = config.eval_at_end and chief and bool(tests)
     if evaluate_at_end:  # before hours of training, not after them
-        check_split(split, config.evaluation)
+        for test in tests:
+            check_split(test, config.evaluation)
+    split, validation, prefix = _training_split(config, splits)
+    augmentation = _augmentation(config)
     paths, labels = _training_items(config, split, run_dir)
     num_classes = int(labels.max()) + 1
     if num_classes < config.p:
@@ -221,32 +297,64 @@ def train(config: TrainConfig) -> dict:
             sync_bn=config.sync_bn,
             zero_init_residual=config.zero_init_residual,
         )
-        trainer = MGNTrainer(mgn, config.margin, config.softmax_weight, config.triplet_weight)
-        schedule = step_decay_schedule(
-            config.lr, steps_per_epoch, config.lr_decay_epochs, config.lr_decay_factor
+        if config.init_from and latest is None:  # a resumed run has its own weights
+            try:
+                new = initialise_from(mgn, config.init_from)
+            except (ValueError, FileNotFoundError) as exc:
+                raise ConfigError(f"--init_from={config.init_from}: {exc}") from exc
+            print(
+                f"Initialised from {config.init_from}: every layer but {', '.join(new)} "
+                f"(new, {num_classes} identities)",
+                flush=True,
+            )
+        trainer = MGNTrainer(
+            mgn, config.margin, config.softmax_weight, config.triplet_weight, config.label_smoothing
         )
-        trainer.compile(
-            optimizer=make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay),
-            jit_compile=config.xla,
-        )
+        schedule = learning_rate_schedule(
+            config.lr, steps_per_epoch, config.epochs, config.lr_schedule, config.lr_decay_epochs,
+            config.lr_decay_factor, config.warmup_epochs, config.warmup_factor,
+        )  # fmt: skip
+        factors = {path: config.new_layer_lr_factor for path in new_variable_paths(mgn)}
+        optimizer = make_optimizer(
+            config.optimizer, schedule, config.momentum, config.weight_decay,
+            lr_factors=factors if config.new_layer_lr_factor != 1 else None,
+        )  # fmt: skip
+        trainer.compile(optimizer=optimizer, jit_compile=config.xla)
+        # Every variable, frozen ones included: the optimizer keeps their state across the unfreezing.
         trainer.optimizer.build(trainer.trainable_variables)
 
     start = 0
     if latest is not None:
         start = int(restore_checkpoint(trainer, latest)["step"])
         print(f"Resuming from {latest} (step {start})", flush=True)
-    start_epoch, start_step = divmod(start, steps_per_epoch)
+    completed = start // steps_per_epoch
 
     counter = BatchCounter(start)  # first: the other callbacks read the position it keeps
     bad_files = BadFileLog()
     replaced = ReplacementRecord(run_dir / artifacts.REPLACED_JSON, bad_files, counter)
-    callbacks = [
-        counter,
-        NonFiniteGuard(checkpoint_dir, counter, steps_per_epoch),
+    # Epoch end, in this order: the evaluation adds its figures to the logs, the history row and then
+    # the checkpoint are written (so a checkpoint implies both), then TensorBoard and the user's.
+    run_callbacks = [counter, NonFiniteGuard(checkpoint_dir, counter, steps_per_epoch)]
+    if validation is not None and chief:
+        run_callbacks.append(
+            PeriodicEvaluation(
+                mgn,
+                validation,
+                config.evaluation,
+                config.eval_every_epochs,
+                config.epochs,
+                run_dir,
+                prefix,
+                steps_per_epoch,
+                completed,
+            )  # fmt: skip
+        )
+    run_callbacks += [
+        EpochHistory(run_dir / artifacts.HISTORY_CSV, completed),
         CheckpointCallback(checkpoint_dir, steps_per_epoch, counter, config.checkpoint_every_steps),
         replaced,
-        keras.callbacks.CSVLogger(str(run_dir / artifacts.HISTORY_CSV), append=True),
         keras.callbacks.TensorBoard(str(run_dir / artifacts.LOGS_DIR), update_freq="epoch"),
+        *(callbacks or []),
     ]
 
     def data(epoch: int, step: int) -> tf.data.Dataset:
@@ -261,6 +369,7 @@ def train(config: TrainConfig) -> dict:
             start_epoch=epoch,
             start_step=step,
             flip=config.flip,
+            augmentation=augmentation,
             steps_per_epoch=steps_per_epoch,
             on_bad_file=config.on_bad_file,
             bad_files=bad_files,
@@ -270,26 +379,29 @@ def train(config: TrainConfig) -> dict:
         return dataset.with_options(shard)
 
     # shuffle=False: the PK pipeline orders the data itself.
-    fit_options = dict(callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    fit_options = dict(callbacks=run_callbacks, verbose=config.verbose, shuffle=False)
     started = time.time()
+    frozen = False
     try:
-        if start_step:  # finish the interrupted epoch first
+        for first, end, step, freeze in _fit_segments(
+            start, steps_per_epoch, config.epochs, config.freeze_backbone_epochs
+        ):
+            if freeze != frozen:
+                set_backbone_trainable(mgn, not freeze)
+                trainer.train_function = None  # traced again over the variables now trainable
+                frozen = freeze
+                state = "frozen: only the reductions and classifiers train" if freeze else "trained again"
+                print(f"Epoch {first + 1}: trunk and branches {state}", flush=True)
             trainer.fit(
-                data(start_epoch, start_step),
-                initial_epoch=start_epoch,
-                epochs=start_epoch + 1,
-                steps_per_epoch=steps_per_epoch - start_step,
+                data(first, step),
+                initial_epoch=first,
+                epochs=end,
+                steps_per_epoch=steps_per_epoch - step,
                 **fit_options,
             )
-            start_epoch += 1
-        if start_epoch < config.epochs:
-            trainer.fit(
-                data(start_epoch, 0),
-                initial_epoch=start_epoch,
-                epochs=config.epochs,
-                steps_per_epoch=steps_per_epoch,
-                **fit_options,
-            )
+            if trainer.stop_training:  # a callback (e.g. EarlyStopping) ended the run
+                print(f"Training stopped by a callback after step {counter.position}", flush=True)
+                break
     except tf.errors.OpError as exc:
         if bad_files.fatal is not None:  # raised by the pipeline, reached by fit at that batch
             replaced.write()
@@ -306,10 +418,27 @@ def train(config: TrainConfig) -> dict:
     print(f"Saved {final}", flush=True)
     print(f"Training took {train_seconds:.1f} s in this process", flush=True)
 
+    if frozen:
+        set_backbone_trainable(mgn, True)
     if not evaluate_at_end:
         return {}
     from mgn_tf.inference import KerasEmbedder
 
     # The run directory as the path, as `python -m mgn_tf.evaluate --run_dir` records it.
     embedder = KerasEmbedder(mgn, Path(config.run_dir))
-    return evaluate(embedder, split, config.evaluation, run_dir / artifacts.EVAL_DIR)
+    if len(tests) == 1:
+        return evaluate(embedder, tests[0], config.evaluation, run_dir / artifacts.EVAL_DIR)
+    return {
+        name: evaluate(embedder, test, config.evaluation, run_dir / artifacts.EVAL_DIR / name)
+        for name, test in zip(_unique_names([t.name for t in tests]), tests, strict=True)
+    }
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Dataset names as folder names: the second "folder" is "folder_2"."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out

@@ -28,7 +28,6 @@ from mgn_tf.flags import (
     eval_settings_from_flags,
     input_size_from_flags,
 )
-from mgn_tf.geometry import check_input_size
 
 F = flags.FLAGS
 
@@ -84,12 +83,12 @@ def job_from_flags() -> EvalJob:
             f"{which}: does not exist (a run directory, checkpoint folder, *.weights.h5, SavedModel, .tflite "
             "or .onnx)"
         )
+    if "," in F.dataset:
+        raise ConfigError(
+            f"--dataset={F.dataset}: evaluate one dataset at a time (with its --data_dir); a run trained on "
+            "several evaluated each test split in <run_dir>/eval/<dataset>/"
+        )
     input_size = input_size_from_flags()
-    if input_size is not None:
-        try:
-            check_input_size(input_size)
-        except ValueError as exc:
-            raise ConfigError(f"--input_height={input_size[0]} --input_width={input_size[1]}: {exc}") from exc
     return EvalJob(
         weights=weights,
         dataset=F.dataset.strip().lower(),

@@ -13,10 +13,19 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from mgn_tf.config import ON_BAD_FILE, OPTIMIZERS, RESUME_OVERRIDABLE, STRATEGIES, TrainConfig
+from mgn_tf.config import (
+    ERASING_FILLS,
+    EVAL_SPLITS,
+    LR_SCHEDULES,
+    ON_BAD_FILE,
+    OPTIMIZERS,
+    RESUME_OVERRIDABLE,
+    STRATEGIES,
+    TrainConfig,
+)
 from mgn_tf.errors import ConfigError
 from mgn_tf.evaluation.settings import DISTANCES, POOLING, EvalSettings, RerankParams
-from mgn_tf.geometry import PAPER_INPUT_SIZE, InputSize
+from mgn_tf.geometry import PAPER_INPUT_SIZE, InputSize, check_input_size
 
 F = flags.FLAGS
 
@@ -36,10 +45,13 @@ def define_data_flags(input_size: InputSize | None = PAPER_INPUT_SIZE) -> list[s
             "dataset",
             defaults.dataset,
             "Dataset reader: market1501, dukemtmc, cuhk03, msmt17, cuhk01, folder, synthetic, or one "
-            "registered with mgn_tf.data.datasets.register_dataset.",
+            "registered with mgn_tf.data.datasets.register_dataset. Training only: a comma list trains on "
+            "several datasets at once (identities relabelled per dataset), with one --data_dir each.",
         )
         flags.DEFINE_string(
-            "data_dir", defaults.data_dir, "Dataset root folder (for 'synthetic': where it is generated)."
+            "data_dir",
+            defaults.data_dir,
+            "Dataset root folder (synthetic: where it is generated); a comma list for several datasets.",
         )
         flags.DEFINE_string(
             "run_dir", defaults.run_dir, "Run folder: checkpoints, logs, weights, config and evaluation."
@@ -100,6 +112,75 @@ def define_train_flags() -> list[str]:
         )
         flags.DEFINE_float("triplet_weight", d.triplet_weight, "Weight of the mean batch-hard triplet term.")
         flags.DEFINE_bool("flip", d.flip, "Random horizontal flip augmentation.")
+        flags.DEFINE_integer("pad_crop", d.pad_crop, "Zero-pad by N pixels, then random crop (0: off).")
+        flags.DEFINE_float(
+            "jitter_brightness", d.jitter_brightness, "Colour jitter: brightness factor range ±b."
+        )
+        flags.DEFINE_float("jitter_contrast", d.jitter_contrast, "Colour jitter: contrast factor range ±c.")
+        flags.DEFINE_float("jitter_saturation", d.jitter_saturation, "Colour jitter: saturation range ±s.")
+        flags.DEFINE_float("jitter_hue", d.jitter_hue, "Colour jitter: hue shift range ±h (at most 0.5).")
+        flags.DEFINE_float(
+            "random_erasing",
+            d.random_erasing,
+            "Random erasing probability (Zhong et al. 2017: area 0.02-0.4, aspect 0.3-3.3; 0: off).",
+        )
+        flags.DEFINE_enum(
+            "erasing_fill", d.erasing_fill, ERASING_FILLS, "Erased pixels: ImageNet mean pixel or random."
+        )
+        flags.DEFINE_float(
+            "label_smoothing", d.label_smoothing, "Label smoothing epsilon of the 8 softmax heads (0: off)."
+        )
+        flags.DEFINE_enum(
+            "lr_schedule",
+            d.lr_schedule,
+            LR_SCHEDULES,
+            "step: x lr_decay_factor at each of --lr_decay_epochs (paper); cosine: to 0 at the last step.",
+        )
+        flags.DEFINE_integer(
+            "warmup_epochs", d.warmup_epochs, "Linear learning-rate warm-up over the first N epochs (0: off)."
+        )
+        flags.DEFINE_float("warmup_factor", d.warmup_factor, "Warm-up starts at lr x this factor.")
+        flags.DEFINE_string(
+            "init_from",
+            d.init_from,
+            "Fine-tune: start from a trained mgn_tf run folder, checkpoint or weights file; every weight "
+            "but the identity classifiers is loaded (they are new, sized for this dataset).",
+        )
+        flags.DEFINE_integer(
+            "freeze_backbone_epochs",
+            d.freeze_backbone_epochs,
+            "Train only the reductions and classifiers for the first N epochs (trunk and branches frozen, "
+            "their BatchNorms in inference mode).",
+        )
+        flags.DEFINE_float(
+            "new_layer_lr_factor",
+            d.new_layer_lr_factor,
+            "With --init_from: learning-rate multiplier of the layers it did not load (the classifiers).",
+        )
+        flags.DEFINE_bool(
+            "combine_all",
+            d.combine_all,
+            "Train on every split of the dataset (train + query + gallery, torchreid's combineall): a "
+            "deployment model; no evaluation on the test split after training.",
+        )
+        flags.DEFINE_integer(
+            "eval_every_epochs",
+            d.eval_every_epochs,
+            "Evaluate every N epochs during training (rank-1/mAP/mINP in history.csv, TensorBoard and "
+            "validation.json; the best mAP kept in best.weights.h5). 0: only after training.",
+        )
+        flags.DEFINE_enum(
+            "eval_split",
+            d.eval_split,
+            EVAL_SPLITS,
+            "What --eval_every_epochs evaluates: validation = --val_identities held out of training; test "
+            "= the dataset's test split (model selection on the test set: reported as such).",
+        )
+        flags.DEFINE_integer(
+            "val_identities",
+            d.val_identities,
+            "Training identities held out for validation (a draw from --seed; 0: a tenth, at least 2).",
+        )
         flags.DEFINE_integer("seed", d.seed, "Seed of initialisation, batch order and augmentation.")
         flags.DEFINE_bool(
             "deterministic",
@@ -174,6 +255,12 @@ def define_eval_flags() -> list[str]:
         flags.DEFINE_integer(
             "num_ranked_queries", d.num_ranked_queries, "Queries in ranked_list.png (0: none)."
         )
+        flags.DEFINE_bool(
+            "ranked_response_maps",
+            d.ranked_response_maps,
+            "Overlay each image's Global-branch feature response map (paper Fig. 2) on the ranked-list "
+            "thumbnails; Keras models only (run directory, checkpoint, *.weights.h5).",
+        )
         flags.DEFINE_integer("chunk_size", d.chunk_size, "Query rows per distance / re-ranking chunk.")
         flags.DEFINE_bool("progress", d.progress, "Show progress bars during feature extraction.")
 
@@ -181,23 +268,30 @@ def define_eval_flags() -> list[str]:
 
 
 def dataset_options_from_flags() -> dict:
-    """Reader options of the chosen --dataset."""
-    return {
+    """Reader options of the chosen --dataset (of each, for a comma list)."""
+    per_dataset = {
         "cuhk03": {"variant": F.cuhk03_variant},
         "cuhk01": {"split_seed": F.split_seed},
         "msmt17": {"use_val": F.msmt17_use_val},
-    }.get(F.dataset.strip().lower(), {})
+    }
+    options: dict = {}
+    for name in F.dataset.split(","):
+        options.update(per_dataset.get(name.strip().lower(), {}))
+    return options
 
 
 def input_size_from_flags() -> InputSize | None:
-    """(--input_height, --input_width) when the user set them (command line or flagfile), else None."""
+    """(--input_height, --input_width) when the user set them (command line or flagfile), else None;
+    ConfigError naming both flags for one without the other or a size the model cannot take."""
     if not (F["input_height"].present or F["input_width"].present):
         return None
+    given = f"--input_height={F.input_height} --input_width={F.input_width}"
     if F.input_height is None or F.input_width is None:
-        raise ConfigError(
-            f"--input_height={F.input_height} --input_width={F.input_width}: pass both or neither"
-        )
-    return F.input_height, F.input_width
+        raise ConfigError(f"{given}: pass both or neither")
+    try:
+        return check_input_size((F.input_height, F.input_width))
+    except ValueError as exc:
+        raise ConfigError(f"{given}: {exc}") from exc
 
 
 def eval_settings_from_flags() -> EvalSettings:
@@ -216,7 +310,7 @@ def config_from_flags() -> TrainConfig:
     special = {"dataset_options", "lr_decay_epochs", "evaluation", "dataset", "resume_override"}
     fields = [name for name in TrainConfig.__dataclass_fields__ if name not in special]
     return TrainConfig(
-        dataset=F.dataset.strip().lower(),
+        dataset=",".join(name.strip().lower() for name in F.dataset.split(",")),
         dataset_options=dataset_options_from_flags(),
         lr_decay_epochs=decay,
         resume_override=tuple(name.strip() for name in F.resume_override if name.strip()),

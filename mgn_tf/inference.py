@@ -32,6 +32,7 @@ from mgn_tf.artifacts import (
     find_saved_model,
     read_export_info,
 )
+from mgn_tf.errors import summary
 from mgn_tf.evaluation.metrics import l2_normalize
 from mgn_tf.geometry import InputSize, check_input_size
 
@@ -185,24 +186,43 @@ def check_array(array: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- keras
 
 
+class WeightsError(ValueError):
+    """A weights file that is not the weights of the MGN its run's config.json describes (one line)."""
+
+
 def load_training_model(path: str | os.PathLike, input_size: Sequence[int] | None = None):
     """Rebuilds the `build_mgn` model of a training run and loads its weights.
 
     `path`: anything `mgn_tf.artifacts.find_run_files` takes (run directory, checkpoint folder, weights
     file). `input_size` (height, width) overrides the trained size (the weights do not depend on it).
-    Returns (keras.Model, mgn_tf.artifacts.RunFiles).
+    Returns (keras.Model, mgn_tf.artifacts.RunFiles). Raises WeightsError when the file holds other
+    weights; Keras's per-layer warnings before such a failure are dropped, a load that works keeps them.
     """
+    import warnings
+
     from mgn_tf.model import build_mgn
 
     run = find_run_files(path)
     size = check_input_size(input_size or run.input_size)
     model = build_mgn(run.num_classes, size)
-    if run.trainer_checkpoint:  # the training wrapper's weights: load them through one
-        from mgn_tf.trainer import MGNTrainer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            if run.trainer_checkpoint:  # the training wrapper's weights: load them through one
+                from mgn_tf.trainer import MGNTrainer
 
-        MGNTrainer(model).load_weights(run.weights)
-    else:
-        model.load_weights(run.weights)
+                MGNTrainer(model).load_weights(run.weights)
+            else:
+                model.load_weights(run.weights)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # h5py raises OSError/KeyError for a damaged file or a missing group, Keras ValueError or
+            # TypeError for weights of another model.
+            raise WeightsError(
+                f"cannot load {run.weights} as the weights of an MGN with {run.num_classes} classes "
+                f"({run.config_path}): {summary(exc)}"
+            ) from exc
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return model, run
 
 

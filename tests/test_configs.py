@@ -42,6 +42,7 @@ def parse(path: Path):
 def test_all_expected_configs_exist():
     names = {p.stem for p in CONFIGS}
     assert {"market1501", "dukemtmc", "cuhk03", "cuhk03_detected", "msmt17", "cuhk01", "synthetic"} <= names
+    assert {"market1501_strong", "dukemtmc_strong", "cuhk03_strong", "msmt17_strong"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -52,6 +53,9 @@ def test_config_parses_and_validates(path, tmp_path, cuhk01_dir):
         config.data_dir = str(cuhk01_dir)  # the same folder, wherever MGN_SHARED_DIR puts it
     elif config.dataset != "synthetic":
         config.data_dir = str(tmp_path)  # the real dataset is not on this machine
+    if config.init_from:  # a finished run of another config, not on this machine
+        assert config.init_from.startswith("runs/")
+        config.init_from = str(tmp_path)
     if config.backbone_weights == "imagenet":
         assert path.stem not in ("synthetic", "cuhk01")
     config.validate()
@@ -59,7 +63,17 @@ def test_config_parses_and_validates(path, tmp_path, cuhk01_dir):
         for key, value in PAPER.items():
             assert getattr(config, key) == pytest.approx(value), key
     if path.stem.startswith("cuhk03"):
-        assert config.dataset_options == {"variant": "labeled" if path.stem == "cuhk03" else "detected"}
+        assert config.dataset_options == {"variant": "detected" if "detected" in path.stem else "labeled"}
+    strong = {"pad_crop": 10, "random_erasing": 0.5, "label_smoothing": 0.1, "jitter_brightness": 0.2,
+              "jitter_contrast": 0.15, "warmup_epochs": 10}  # fmt: skip
+    if path.stem.endswith("_strong"):  # the paper's settings otherwise, and the regularisers on
+        for key in set(PAPER) - {"lr_decay_epochs", "lr_decay_factor"}:
+            assert getattr(config, key) == pytest.approx(PAPER[key]), key
+        assert config.lr_schedule == "cosine"
+        assert {k: getattr(config, k) for k in strong} == pytest.approx(strong)
+    elif path.stem in ("market1501", "dukemtmc", "cuhk03", "cuhk03_detected", "msmt17"):  # all off
+        assert config.lr_schedule == "step" and config.init_from == "" and not config.combine_all
+        assert {k: getattr(config, k) for k in strong} == dict.fromkeys(strong, 0)
 
 
 def test_importing_the_commands_defines_no_flags():

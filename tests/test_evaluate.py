@@ -182,6 +182,28 @@ def test_cli_evaluates_a_checkpoint_of_the_run(evaluated, market_flags, run_dir,
     assert second["results"]["without_rerank"] == first["results"]["without_rerank"]
 
 
+def test_cli_ranked_response_maps_overlay_the_ranked_lists(market_flags, tmp_path):
+    """--ranked_response_maps: the same ranked list, its thumbnails tinted by the Global response maps."""
+    common = [*market_flags, "--norerank", "--num_ranked_queries=2"]
+    plain = run_evaluate(*common, f"--out_dir={tmp_path / 'plain'}")
+    heat = run_evaluate(*common, "--ranked_response_maps", f"--out_dir={tmp_path / 'heat'}")
+    assert plain.returncode == 0 and heat.returncode == 0, heat.stderr[-3000:]
+    first = json.loads((tmp_path / "plain" / "results.json").read_text())
+    second = json.loads((tmp_path / "heat" / "results.json").read_text())
+    assert first["settings"]["ranked_response_maps"] is False and second["settings"]["ranked_response_maps"]
+    assert second["results"] == first["results"]
+    with (
+        Image.open(tmp_path / "plain" / "ranked_list.png") as a,
+        Image.open(tmp_path / "heat" / "ranked_list.png") as b,
+    ):
+        plain_pixels, heat_pixels = np.asarray(a.convert("RGB"), float), np.asarray(b.convert("RGB"), float)
+    # the title gains a line about the heat maps; the rows below it are laid out from the bottom up
+    rows = min(len(plain_pixels), len(heat_pixels)) - 60
+    assert plain_pixels.shape[1] == heat_pixels.shape[1]
+    changed = np.abs(plain_pixels[-rows:] - heat_pixels[-rows:]).max(axis=-1) > 8
+    assert 0.05 < changed.mean() < 0.9  # the thumbnails, not the labels and margins
+
+
 @pytest.mark.parametrize(
     "args, flag, words",
     [
@@ -192,6 +214,7 @@ def test_cli_evaluates_a_checkpoint_of_the_run(evaluated, market_flags, run_dir,
         (["--multi_query=median"], "--multi_query", "avg"),
         (["--multi_query=avg"], "--multi_query", "gt_bbox"),
         (["--k1=0"], "--k1", ""),
+        (["--dataset=market1501,dukemtmc"], "--dataset", "one dataset at a time"),
     ],
 )
 def test_cli_bad_input_exits_2_naming_the_flag(market_flags, tmp_path, args, flag, words):

@@ -19,14 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from absl import flags
 
 from mgn_tf import cli
 from mgn_tf.artifacts import EXPORT_FORMATS, EXPORT_REPORT, TFLITE_VARIANTS, find_run_files
-from mgn_tf.errors import ConfigError
+from mgn_tf.errors import ConfigError, summary
 from mgn_tf.export import onnx_model
 from mgn_tf.flags import input_size_from_flags
 from mgn_tf.geometry import check_input_size
@@ -122,35 +121,24 @@ def _check_out_dir(out: Path) -> None:
         raise ConfigError(f"--out={out}: {existing} is not writable")
 
 
-def _summary(exc: BaseException, limit: int = 300) -> str:
-    """The first two non-empty lines of an exception's message, as one line of at most `limit` characters.
-
-    Keras's load errors run over many lines (a count, then an example); the first two say what failed."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines[:2]) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.error(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         _check_flags()
         input_size = input_size_from_flags()
-        if input_size is not None:
-            check_input_size(input_size)
-    except (ConfigError, ValueError) as exc:
-        return cli.error(exc if isinstance(exc, ConfigError) else f"--input_height/--input_width: {exc}")
+    except ConfigError as exc:
+        return cli.error(exc)
     try:
         run = find_run_files(FLAGS.weights)
     except (OSError, ValueError, TypeError) as exc:  # TypeError: a config.json that is not an object
-        return cli.error(f"--weights={FLAGS.weights}: {_summary(exc)}")
+        return cli.error(f"--weights={FLAGS.weights}: {summary(exc)}")
     try:
         export_size = check_input_size(input_size or run.input_size)
         if run.num_classes < 1:
             raise ValueError(f"num_classes={run.num_classes}: must be >= 1")
     except (ValueError, TypeError) as exc:  # values of the wrong type or range
-        return cli.error(f"--weights={FLAGS.weights}: {run.config_path}: {_summary(exc)}")
+        return cli.error(f"--weights={FLAGS.weights}: {run.config_path}: {summary(exc)}")
     import h5py
 
     if not h5py.is_hdf5(run.weights):
@@ -165,21 +153,12 @@ def main(argv: list[str]) -> int:
         try:  # read here so that a bad folder is a usage error before any work; export_all reads it again
             parity.parity_batch(export_size, FLAGS.parity_images, FLAGS.parity_count)
         except ValueError as exc:  # too few distinct images, or one that cannot be decoded
-            return cli.error(f"--parity_images={FLAGS.parity_images}: {_summary(exc)}")
+            return cli.error(f"--parity_images={FLAGS.parity_images}: {summary(exc)}")
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        try:
-            model, run = load_training_model(FLAGS.weights, input_size)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            # h5py raises OSError/KeyError for a damaged file or a missing group, Keras ValueError or
-            # TypeError for weights of another model; its per-layer warnings before that are dropped.
-            return cli.error(
-                f"--weights={FLAGS.weights}: cannot load {run.weights} as the weights of an MGN with "
-                f"{run.num_classes} classes ({run.config_path}): {_summary(exc)}"
-            )
-    for warning in caught:  # a load that succeeded keeps its warnings (e.g. skipped layers)
-        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    try:
+        model, _ = load_training_model(FLAGS.weights, input_size)
+    except ValueError as exc:  # mgn_tf.inference.WeightsError: one line naming the file
+        return cli.error(f"--weights={FLAGS.weights}: {exc}")
     report = exporter.export_all(
         model,
         FLAGS.out,
