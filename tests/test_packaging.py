@@ -18,7 +18,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mgn_tf"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-SCRIPTS = ("mgn-train", "mgn-evaluate", "mgn-search", "mgn-export", "mgn-rest-client", "mgn-grpc-client")
+SCRIPTS = (
+    "mgn-train", "mgn-evaluate", "mgn-search", "mgn-visualize", "mgn-export", "mgn-rest-client",
+    "mgn-grpc-client",
+)  # fmt: skip
 # Modules that must load without TensorFlow: flag parsing (so --deterministic can set TensorFlow's
 # environment first), the artefact contract, the numpy evaluation core and the REST client.
 WITHOUT_TENSORFLOW = (
@@ -42,6 +45,7 @@ WITHOUT_TENSORFLOW = (
     "mgn_tf.runtime",
     "mgn_tf.serving.rest_client",
     "mgn_tf.train",
+    "mgn_tf.visualize",
 )
 
 
@@ -137,8 +141,9 @@ def test_module_imports_on_its_own_without_tensorflow(module):
         (["-m", "export"], ["--weights", "--formats", "--bake_flip_norm", "--input_height"], ["--dataset"]),
         (["-m", "mgn_tf.serving.rest_client"], ["--server", "--gallery", "--top_k"], []),
         (["-m", "mgn_tf.search"], ["--index", "--images", "--add", "--backend", "--fpr"], ["--dataset"]),
+        (["-m", "mgn_tf.visualize"], ["--weights", "--images", "--out", "--input_height"], ["--dataset"]),
     ],
-    ids=["train", "evaluate", "export", "rest_client", "search"],
+    ids=["train", "evaluate", "export", "rest_client", "search", "visualize"],
 )
 def test_help_lists_the_commands_own_flags(command, listed, not_listed):
     done = subprocess.run(

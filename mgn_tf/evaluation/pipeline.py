@@ -5,11 +5,13 @@ embedder + split -> features (flip-averaged, batched)  [or features read from a 
   -> CMC / mAP / mINP / official mAP next to the exact chance level
   -> verification: same-person distance thresholds and TPR at FPR 1e-2 / 1e-3 / 1e-4
   -> table on stdout, cmc.png, roc.png, ranked_list[_rerank].png, results.json in `out_dir`
+     (--ranked_response_maps: the ranked lists show each image's Global response map, Keras models only)
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,11 @@ from mgn_tf.evaluation.verification import verification
 from mgn_tf.files import atomic_write_json
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mgn_tf.inference import Embedder
+
+ResponseMapsOf = Callable[[Sequence[str]], "dict[str, np.ndarray]"]
 
 
 def check_split(split: Split, settings: EvalSettings) -> None:
@@ -58,7 +64,36 @@ def evaluate(
     if save_features_to:
         save_features(save_features_to, features)
         print(f"Saved features to {save_features_to}", flush=True)
-    return evaluate_features(features, settings, out_dir, started=started, save_features_to=save_features_to)
+    return evaluate_features(
+        features, settings, out_dir, started=started, save_features_to=save_features_to,
+        response_maps_of=ranked_response_maps(embedder, settings),
+    )  # fmt: skip
+
+
+def ranked_response_maps(embedder: Embedder, settings: EvalSettings) -> ResponseMapsOf | None:
+    """For --ranked_response_maps: image paths -> {path: Global response map [h, w]} with the embedder's
+    Keras model (None when not asked, or, with a line saying so, when the model is an exported one)."""
+    if not settings.ranked_response_maps or settings.num_ranked_queries == 0:
+        return None
+    model = getattr(embedder, "model", None) if embedder.format == "keras" else None
+    if model is None:
+        print(
+            f"--ranked_response_maps: skipped, a {embedder.format} model holds no feature maps (it needs the "
+            "Keras weights: a run directory, checkpoint or *.weights.h5)",
+            flush=True,
+        )
+        return None
+    from mgn_tf.evaluation.response import response_maps, response_model
+    from mgn_tf.images import load_images
+
+    responses = response_model(model, branches=("global",))
+
+    def global_maps(paths: Sequence[str]) -> dict[str, np.ndarray]:
+        pixels = load_images(paths, embedder.input_size)
+        maps = response_maps(responses, pixels, settings.eval_batch_size)["global"]
+        return dict(zip(paths, maps, strict=True))
+
+    return global_maps
 
 
 def rankings(features: FeatureSet, settings: EvalSettings) -> tuple[dict, list | None, list[int]]:
@@ -93,11 +128,15 @@ def evaluate_features(
     started: float | None = None,
     loaded_from: str | Path | None = None,
     save_features_to: str | Path | None = None,
+    response_maps_of: ResponseMapsOf | None = None,
 ) -> dict:
     """Rankings, table, figures and results.json of a FeatureSet; returns the results.json content.
 
     `loaded_from` / `save_features_to` are recorded in the settings (the feature file read or written).
+    `response_maps_of` (`ranked_response_maps`): overlays the images' response maps on the ranked lists.
     """
+    if settings.ranked_response_maps and loaded_from is not None:
+        print("--ranked_response_maps: skipped, features read from a file have no model to run", flush=True)
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,8 +160,9 @@ def evaluate_features(
     info = features.settings
     plots_started = time.perf_counter()
     files = {"results": str(out_dir / RESULTS_JSON)}
+    dataset_name = info.get("dataset", "")
     files.update(
-        figures(out_dir, features, runs, chance, groups, settings.multi_query, info.get("dataset", ""))
+        figures(out_dir, features, runs, chance, groups, settings.multi_query, dataset_name, response_maps_of)
     )
     if pairs is not None:
         roc_title = f"Same person? {info.get('dataset', '')}"
@@ -159,6 +199,7 @@ def evaluate_features(
         "max_rank": settings.max_rank,
         "chunk_size": settings.chunk_size,
         "ranked_queries": show,
+        "ranked_response_maps": response_maps_of is not None,
     }
     from_file = loaded_from is not None
     timings = {

@@ -1,7 +1,8 @@
 """Evaluation figures: CMC curves and ranked lists (paper Fig. 4 style), drawn with Matplotlib's Agg canvas.
 
 No pyplot: figures are `matplotlib.figure.Figure` objects rendered by the Agg backend, so nothing here
-needs a display or touches global Matplotlib state.
+needs a display or touches global Matplotlib state. `heat_overlay` draws a feature response map over an
+image (`mgn_tf.evaluation.response`, and the ranked lists of `--ranked_response_maps`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
@@ -25,6 +27,8 @@ QUERY_RGB = (40, 40, 40)
 UNKNOWN_RGB = (150, 150, 150)  # a match whose identity is not known (search without a threshold)
 THUMB_SIZE = (64, 128)  # width, height of each shown image
 BORDER = 4  # frame width in pixels
+HEAT_CMAP = "jet"  # response maps: blue = weakest, red = strongest location of the map
+HEAT_ALPHA = 0.5  # weight of the heat map over the image
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
@@ -95,10 +99,31 @@ def thumbnail(path: str) -> np.ndarray:
         return pixels
 
 
-def _thumbnail(path: str, border_rgb: tuple[int, int, int]) -> np.ndarray:
-    """`thumbnail` inside a coloured frame."""
+def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 2-D map resized to `size` (height, width): bilinear with half-pixel centres, as tf.image.resize."""
+    height, width = size
+    image = Image.fromarray(np.ascontiguousarray(values, np.float32))  # mode "F"
+    return np.asarray(image.resize((width, height), Image.BILINEAR))
+
+
+def heat_overlay(
+    pixels: np.ndarray, response: np.ndarray, alpha: float = HEAT_ALPHA, cmap: str = HEAT_CMAP
+) -> np.ndarray:
+    """`pixels` (uint8 [H, W, 3]) with `response` (a 2-D map of any size) upsampled bilinearly over the
+    whole of it, scaled to the map's own min..max (a constant map is all blue), blended in as a heat map."""
+    heat = upsample(response, pixels.shape[:2])
+    low, high = float(np.min(response)), float(np.max(response))
+    scaled = np.clip((heat - low) / (high - low), 0, 1) if high > low else np.zeros_like(heat)
+    colours = colormaps[cmap](scaled)[..., :3] * 255
+    return np.rint((1 - alpha) * pixels + alpha * colours).astype(np.uint8)
+
+
+def _thumbnail(path: str, border_rgb: tuple[int, int, int], response: np.ndarray | None = None) -> np.ndarray:
+    """`thumbnail` inside a coloured frame, with `response` overlaid (`heat_overlay`) when given."""
     width, height = THUMB_SIZE
     pixels = thumbnail(path)
+    if response is not None:
+        pixels = heat_overlay(pixels, response)
     framed = np.empty((height + 2 * BORDER, width + 2 * BORDER, 3), np.uint8)
     framed[:] = border_rgb
     framed[BORDER:-BORDER, BORDER:-BORDER] = pixels
@@ -106,10 +131,17 @@ def _thumbnail(path: str, border_rgb: tuple[int, int, int]) -> np.ndarray:
 
 
 def plot_ranked_lists(
-    rows: Sequence[RankedQuery], path: str | os.PathLike, title: str, dpi: int = 100
+    rows: Sequence[RankedQuery],
+    path: str | os.PathLike,
+    title: str,
+    dpi: int = 100,
+    responses: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """One query per row (left, dark frame), then its ranked gallery images framed green (same identity)
-    red (different identity) or grey (not known), each with its label above it. One mosaic per row."""
+    red (different identity) or grey (not known), each with its label above it. One mosaic per row.
+
+    `responses`: a response map per image path, overlaid on its thumbnail (`heat_overlay`)."""
+    responses = responses or {}
     if not rows:
         raise ValueError("no queries to show")
     top = max(len(r.gallery_paths) for r in rows)
@@ -126,12 +158,13 @@ def plot_ranked_lists(
     fig = Figure(figsize=(row_w * inch, fig_h))
     for i, row in enumerate(rows):
         mosaic = np.full((cell_h, row_w, 3), 255, np.uint8)
-        tiles = [(_thumbnail(row.query_path, QUERY_RGB), pad, row.query_label)]
+        query = _thumbnail(row.query_path, QUERY_RGB, responses.get(row.query_path))
+        tiles = [(query, pad, row.query_label)]
         for j, (gpath, label, match) in enumerate(
             zip(row.gallery_paths, row.gallery_labels, row.matches, strict=True)
         ):
             colour = UNKNOWN_RGB if match is None else MATCH_RGB if match else NON_MATCH_RGB
-            tiles.append((_thumbnail(gpath, colour), pad + gap + step * (j + 1), label))
+            tiles.append((_thumbnail(gpath, colour, responses.get(gpath)), pad + gap + step * (j + 1), label))
         for tile, x, _ in tiles:
             mosaic[:, x : x + cell_w] = tile
         bottom = fig_h - title_in - (i + 1) * row_in

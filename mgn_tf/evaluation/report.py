@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from mgn_tf.evaluation.features import FeatureSet
 from mgn_tf.evaluation.plots import RankedQuery, plot_cmc, plot_ranked_lists
@@ -78,10 +81,12 @@ def figures(
     groups: list | None,
     multi_query: str,
     dataset: str,
+    response_maps_of: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None,
 ) -> dict[str, str]:
     """cmc.png and ranked_list.png (+ ranked_list_rerank.png with re-ranking); returns their paths.
 
-    `runs` maps "without_rerank" / "with_rerank" to (label, metrics, top lists).
+    `runs` maps "without_rerank" / "with_rerank" to (label, metrics, top lists). `response_maps_of`: the
+    Global response map of each of a list of image paths, overlaid on the ranked-list thumbnails.
     """
     files = {}
     curves = {
@@ -90,6 +95,12 @@ def figures(
     }
     title = f"CMC, {dataset}" + (f", multi-query ({multi_query})" if groups is not None else "")
     files["cmc"] = str(plot_cmc(curves, out_dir / "cmc.png", chance=chance["cmc"], title=title))
+    shown = {key: ranked_rows(features, tops, groups) for key, (_, _, tops) in runs.items() if tops}
+    responses, heat = None, ""
+    if response_maps_of is not None and shown:
+        paths = {p for rows in shown.values() for r in rows for p in (r.query_path, *r.gallery_paths)}
+        responses = response_maps_of(sorted(paths))  # once for the images of every figure
+        heat = " Heat: the Global branch's feature response (L2 norm over channels), scaled per image."
     for key, (label, _, tops) in runs.items():
         if not tops:
             continue
@@ -97,10 +108,10 @@ def figures(
         figure_title = (
             f"Top-{TOP} gallery images per query, {label}; labels 'rank: identity camera'. Green frame = "
             "same identity, red = different.\nGallery images of the query's identity from the query's camera "
-            f"are skipped (junk under the protocol).{pooled}"
+            f"are skipped (junk under the protocol).{pooled}{heat}"
         )
         name = FIGURE_NAMES[key]
         files[name] = str(
-            plot_ranked_lists(ranked_rows(features, tops, groups), out_dir / f"{name}.png", figure_title)
+            plot_ranked_lists(shown[key], out_dir / f"{name}.png", figure_title, responses=responses)
         )
     return files

@@ -32,7 +32,9 @@ class EvalSettings:
     image's (paper §4.1). distance / normalize: the query-gallery distance, on L2-normalised features if
     `normalize`. rerank: also rank with k-reciprocal re-ranking (None: not). multi_query: Market-1501
     multi-query pooling ("none", "avg", "max"). max_rank: CMC length. num_ranked_queries: queries in the
-    ranked-list figures (0: none). chunk_size: query rows per distance / re-ranking chunk.
+    ranked-list figures (0: none). ranked_response_maps: overlay each image's Global-branch response map
+    (`mgn_tf.evaluation.response`) on the ranked-list thumbnails (Keras models only). chunk_size: query
+    rows per distance / re-ranking chunk.
     """
 
     eval_batch_size: int = 64
@@ -43,6 +45,7 @@ class EvalSettings:
     multi_query: str = "none"
     max_rank: int = 50
     num_ranked_queries: int = 8
+    ranked_response_maps: bool = False
     chunk_size: int = 256
     progress: bool = True
 
