@@ -33,7 +33,7 @@ from mgn_tf.data.pipeline import BadFileLog, batches_per_epoch, train_dataset
 from mgn_tf.data.splits import combine, combine_all, default_validation_ids, hold_out
 from mgn_tf.errors import ConfigError
 from mgn_tf.evaluation.pipeline import check_split, evaluate
-from mgn_tf.files import atomic_path, atomic_write_json
+from mgn_tf.files import atomic_path, atomic_write_json, unique_names
 from mgn_tf.finetune import initialise_from, new_variable_paths, set_backbone_trainable
 from mgn_tf.model import build_mgn
 from mgn_tf.optimizer import learning_rate_schedule, make_optimizer
@@ -368,8 +368,7 @@ def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None 
             epochs=config.epochs,
             start_epoch=epoch,
             start_step=step,
-            flip=config.flip,
-            augmentation=augmentation,
+            augmentation=augmentation,  # holds --flip
             steps_per_epoch=steps_per_epoch,
             on_bad_file=config.on_bad_file,
             bad_files=bad_files,
@@ -430,15 +429,5 @@ def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None 
         return evaluate(embedder, tests[0], config.evaluation, run_dir / artifacts.EVAL_DIR)
     return {
         name: evaluate(embedder, test, config.evaluation, run_dir / artifacts.EVAL_DIR / name)
-        for name, test in zip(_unique_names([t.name for t in tests]), tests, strict=True)
+        for name, test in zip(unique_names([t.name for t in tests]), tests, strict=True)
     }
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    """Dataset names as folder names: the second "folder" is "folder_2"."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
-    return out

@@ -63,3 +63,18 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(target: str | os.PathLike, data: object) -> Path:
     """JSON with two-space indentation and a final newline; values JSON cannot hold are written as str."""
     return atomic_write_text(target, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """`names` in order, each one seen before (ignoring case: one file on case-insensitive file systems)
+    suffixed `_2`, `_3`, ...: the names of files or folders written side by side."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        unique, n = name, 1
+        while unique.lower() in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        taken.add(unique.lower())
+        out.append(unique)
+    return out

@@ -21,7 +21,7 @@ import keras
 from mgn_tf import artifacts
 from mgn_tf.data.datasets import Split
 from mgn_tf.evaluation.settings import EvalSettings
-from mgn_tf.files import atomic_path, atomic_write_json
+from mgn_tf.files import atomic_path, atomic_write_json, atomic_write_text
 
 METRICS = ("rank1", "mAP", "mINP")
 
@@ -47,8 +47,7 @@ class EpochHistory(keras.callbacks.Callback):
         writer.writerow(["epoch", *names])
         for e in sorted(self.rows):
             writer.writerow([e, *(self.rows[e].get(k, "") for k in names)])
-        with atomic_path(self.path) as tmp:
-            Path(tmp).write_text(out.getvalue())
+        atomic_write_text(self.path, out.getvalue())
 
 
 def validation_settings(settings: EvalSettings) -> EvalSettings:

@@ -24,7 +24,7 @@ from absl import flags
 
 from mgn_tf import cli
 from mgn_tf.errors import ConfigError
-from mgn_tf.files import atomic_write_json
+from mgn_tf.files import atomic_write_json, unique_names
 from mgn_tf.flags import input_size_from_flags
 from mgn_tf.search import collect_images, report_skipped
 
@@ -47,18 +47,8 @@ def define_flags() -> list[str]:
 
 
 def figure_names(paths: list[str]) -> list[str]:
-    """`<stem>_response.png` per path, in order; a name taken before gets `_2`, `_3`, ... after the stem."""
-    taken: set[str] = set()
-    names = []
-    for path in paths:
-        stem, n = Path(path).stem, 1
-        name = f"{stem}_response.png"
-        while name.lower() in taken:  # lower: one file on case-insensitive file systems
-            n += 1
-            name = f"{stem}_{n}_response.png"
-        taken.add(name.lower())
-        names.append(name)
-    return names
+    """`<stem>_response.png` per path, in order; a stem taken before gets `_2`, `_3`, ... after it."""
+    return [f"{stem}_response.png" for stem in unique_names([Path(p).stem for p in paths])]
 
 
 def check_weights(path: str | None) -> str:
