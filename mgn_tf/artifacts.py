@@ -70,7 +70,13 @@ EXPORT_REPORT = "export_report.json"
 MODEL_FORMATS: tuple[str, ...] = ("keras", "savedmodel", "tflite", "onnx")  # what inference loads
 EXPORT_FORMATS: tuple[str, ...] = ("savedmodel", "tflite", "onnx")  # what export writes
 # TFLite variant (file <model_name>_<variant>.tflite) -> the precision its parity bound applies to
-TFLITE_VARIANTS: dict[str, str] = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+# int8: dynamic-range (int8 weights, float activations); int8_static: full integer, calibrated activations.
+TFLITE_VARIANTS: dict[str, str] = {
+    "fp32": "float32", "fp16": "float16", "int8": "int8", "int8_static": "int8 static"
+}  # fmt: skip
+# ONNX variant -> its precision; file <model_name>.onnx for fp32, <model_name>_<variant>.onnx otherwise.
+ONNX_VARIANTS: dict[str, str] = {"fp32": "float32", "int8_static": "int8 static"}
+STATIC_VARIANT = "int8_static"  # the variants that need calibration images
 
 
 def checkpoint_dir_name(step: int) -> str:

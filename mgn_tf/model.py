@@ -66,6 +66,60 @@ class CaffePreprocess(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mgn_tf")
+class BatchNormalization(layers.BatchNormalization):
+    """Keras's BatchNormalization computed by one fused TensorFlow op (FusedBatchNormV3) for float32 NHWC.
+
+    Keras 3 composes batch normalisation from moments, rsqrt, multiplies and adds, each a pass over the
+    activation in the forward and again in the backward pass; the fused op does it in one, and its
+    gradient in one more. Same variables, same arithmetic as `layers.BatchNormalization`: batch mean and
+    biased batch variance in training (the moving variance too, as Keras updates it), moving statistics
+    otherwise, moving averages `m * momentum + batch * (1 - momentum)`. Anything else (another backend
+    or dtype, a mask, renorm, synchronized statistics) goes to the Keras implementation. The class keeps
+    Keras's name because weights files name each layer's group after its class: files written with
+    `layers.BatchNormalization` load into it, and the other way round.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and len(inputs.shape) == 4
+            and self.axis in (3, -1, [3], [-1])
+            and inputs.dtype == "float32"
+            and self.compute_dtype == "float32"
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        gamma = self.gamma if self.scale else tf.ones([channels], inputs.dtype)
+        beta = self.beta if self.center else tf.zeros([channels], inputs.dtype)
+        if training and self.trainable:
+            outputs, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=gamma, offset=beta, mean=tf.constant([], tf.float32),
+                variance=tf.constant([], tf.float32), epsilon=self.epsilon, data_format="NHWC",
+                is_training=True,
+            )  # fmt: skip
+            # The op returns the unbiased variance for the moving average; Keras averages the biased one.
+            count = tf.cast(tf.size(inputs) // channels, tf.float32)
+            variance = unbiased_variance * (count - 1.0) / count
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+            return outputs
+        outputs, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=gamma, offset=beta, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, data_format="NHWC", is_training=False,
+        )  # fmt: skip
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="mgn_tf")
 class Stack(layers.Layer):
     """Stacks a list of [B, D] tensors into [B, len(list), D]."""
 
@@ -113,6 +167,7 @@ def _copy_layers(
         if isinstance(layer, layers.BatchNormalization):
             config["momentum"] = BN_MOMENTUM
             config["synchronized"] = sync_bn
+            return BatchNormalization.from_config(config)
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(source, clone_function=clone_layer)
@@ -130,7 +185,7 @@ def _reduction(x, name: str, sync_bn: bool):
         kernel_initializer=keras.initializers.HeNormal(),
         name=f"reduce_{name}_conv",
     )(x)
-    x = layers.BatchNormalization(
+    x = BatchNormalization(
         epsilon=1e-5,
         momentum=BN_MOMENTUM,
         gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),

@@ -47,7 +47,7 @@ def reid_vectors(shared_dir: Path):
 def exported(tmp_path_factory, mini_market_dir):
     from helpers.exported import export_run
 
-    return export_run(tmp_path_factory.mktemp("export"), mini_market_dir / "bounding_box_test")
+    return export_run(tmp_path_factory.mktemp("export"), mini_market_dir)
 
 
 @pytest.fixture(scope="session")

@@ -64,19 +64,91 @@ def test_cli_exports_every_format_within_bounds(exported):
         "tflite/fp32",
         "tflite/fp16",
         "tflite/int8",
+        "tflite/int8_static",
         "onnx",
+        "onnx/int8_static",
     }
     for name in names:
         assert name in exported.stdout  # the printed table
     assert report["onnx_peak_rss_bytes"] > 0
     assert (exported.saved_model / "saved_model.pb").is_file()
-    for name in ("mgn_fp32.tflite", "mgn_fp16.tflite", "mgn_int8.tflite", "mgn.onnx"):
+    files = ("mgn_fp32.tflite", "mgn_fp16.tflite", "mgn_int8.tflite", "mgn_int8_static.tflite", "mgn.onnx")
+    for name in (*files, "mgn_int8_static.onnx"):
         assert (exported.out / name).stat().st_size > 1e6
     sizes = {r["name"]: r["size_bytes"] for r in report["results"]}
-    assert (
-        sizes["tflite/fp16"] < 0.55 * sizes["tflite/fp32"]
-        and sizes["tflite/int8"] < 0.3 * sizes["tflite/fp32"]
+    assert sizes["tflite/fp16"] < 0.55 * sizes["tflite/fp32"]
+    for name in ("tflite/int8", "tflite/int8_static", "onnx/int8_static"):
+        assert sizes[name] < 0.3 * sizes["tflite/fp32"]
+    # every artefact ranked the mini_market1501 gallery, next to Keras, through the same evaluator
+    checked = report["accuracy"]
+    assert checked["split"]["num_query"] == 32 and checked["split"]["num_gallery"] == 32
+    signatures = {n for n in names if n.startswith("saved_model_cli") or n.endswith("serving_default")}
+    assert {r["name"] for r in checked["artefacts"]} == names - signatures - {"keras"}
+    assert all(r["ok"] for r in checked["artefacts"]) and 0 < checked["keras"]["mAP"] <= 1
+    assert "Accuracy on market1501 (32 queries, 32 gallery images" in exported.stdout
+
+
+def _first_conv_input_range(mini_market_dir) -> tuple[float, float]:
+    """The range of the first convolution's input over the calibration images, computed here from the
+    pixels: caffe preprocessing (BGR, minus the ImageNet mean), widened to include 0 (zero padding)."""
+    from mgn_tf.model import CAFFE_BGR_MEAN
+
+    pixels = load_images(sorted((mini_market_dir / "bounding_box_train").glob("*.jpg")), INPUT_SIZE)
+    preprocessed = pixels[..., ::-1] - np.array(CAFFE_BGR_MEAN, np.float32)
+    return min(0.0, float(preprocessed.min())), max(0.0, float(preprocessed.max()))
+
+
+def test_static_int8_is_calibrated_on_the_given_images(exported, mini_market_dir):
+    """The first convolution's input scale in both static int8 artefacts is the range of the given
+    calibration images over 255 (uint8 / int8 steps), not a default or another folder's."""
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+    from onnx import numpy_helper
+
+    calibration = exported.report["calibration"]
+    assert calibration["count"] == 32 and calibration["source"].endswith("bounding_box_train")
+    low, high = _first_conv_input_range(mini_market_dir)
+    expected_scale = (high - low) / 255
+
+    graph = onnx.load(exported.out / "mgn_int8_static.onnx").graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    first_conv = next(node for node in graph.node if node.op_type == "Conv")
+    dequantize = producers[first_conv.input[0]]
+    assert dequantize.op_type == "DequantizeLinear"
+    assert float(initializers[dequantize.input[1]]) == pytest.approx(expected_scale, rel=1e-4)
+
+    interpreter = Interpreter(model_path=str(exported.out / "mgn_int8_static.tflite"))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    conv = next(op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D")
+    scale, _ = tensors[conv["inputs"][0]]["quantization"]
+    assert tensors[conv["inputs"][0]]["dtype"] == np.int8
+    assert scale == pytest.approx(expected_scale, rel=1e-3)
+
+
+def test_accuracy_gate_fails_a_deliberately_broken_int8_artefact(tmp_path, exported, mini_market_dir):
+    """Calibrated on uniform grey images, the static int8 model clips real activations: the gate (same
+    bound as the session export) fails it, while the properly calibrated one passes."""
+    from mgn_tf.data.datasets import load_dataset
+    from mgn_tf.export import accuracy, quantize
+
+    grey = np.full((8, *INPUT_SIZE, 3), 128, np.float32)
+    calibration = quantize.Calibration(grey, [f"grey_{i}" for i in range(8)], "uniform grey")
+    broken = quantize.quantize_onnx(
+        exported.out / "mgn.onnx", tmp_path / "broken.onnx", calibration, {"flip_norm": True}
     )
+    split = load_dataset("market1501", mini_market_dir)
+    reference = accuracy.retrieval_accuracy("keras", inference.load(exported.out / "mgn.onnx"), split)
+    recorded = exported.report["accuracy"]["keras"]
+    assert reference.mAP == pytest.approx(recorded["mAP"], abs=1e-6)
+    results = [
+        accuracy.retrieval_accuracy(name, inference.load(path), split)
+        for name, path in (("good", exported.out / "mgn_int8_static.onnx"), ("broken", broken))
+    ]
+    accuracy.apply_gate(results, reference, exported.report["accuracy"]["max_map_drop"])
+    good, bad = results
+    assert good.ok, good.failures
+    assert not bad.ok and "points below Keras's" in bad.failures[0]
 
 
 def test_saved_model_stores_weights_once(exported):
@@ -237,6 +309,21 @@ def _run_export(*args: str, code: str | None = None) -> subprocess.CompletedProc
         (["--weights={run}", "--out={run}/config.json"], "--out={run}/config.json: exists and is not a"),
         (["--weights={run}", "--out={out}", "--parity_images={empty}"], "{empty} holds 0 distinct"),
         (["--weights={run}", "--out={out}", "--parity_images={run}/none"], "{run}/none: not a directory"),
+        (["--weights={run}", "--out={out}", "--onnx_variants=fp32,int4"], "fp32,int8_static"),
+        (["--weights={run}", "--out={out}", "--calibration_images={empty}"], "{empty}: no images to"),
+        # the run records no training data, so static int8 needs --calibration_images
+        (["--weights={run}", "--out={out}"], "--calibration_images: needed for int8_static"),
+        (
+            [
+                "--weights={run}",
+                "--out={out}",
+                "--formats=onnx",
+                "--onnx_variants=fp32",
+                "--accuracy_dataset=market1501",
+                "--accuracy_data_dir={empty}",
+            ],
+            "--accuracy_dataset/--accuracy_data_dir: --dataset=market1501 --data_dir={empty}: ",
+        ),  # fmt: skip
     ],
 )
 def test_cli_usage_errors_exit_2_before_any_work(tmp_path, exported, args, expected):

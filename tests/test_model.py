@@ -324,3 +324,62 @@ def test_heads_match_a_numpy_oracle_of_the_paper_and_not_its_wrong_variants():
         wrong = _mgn_oracle(model, maps, **kwargs)
         error = max(_relative_error(out[k], wrong[k]) for k in ("embedding", "logits"))
         assert error > 50 * 2 * ORACLE_RTOL, f"{variant}: the oracle cannot tell it apart ({error:.2e})"
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_fused_batchnorm_equals_keras_batchnorm(trainable):
+    """mgn_tf's BatchNormalization (one FusedBatchNormV3 op) against Keras's composed implementation: the
+    same outputs and gradients in training and inference, the same moving statistics after a training
+    call (Keras averages the biased batch variance), and a frozen layer (trainable=False) in inference."""
+    import tensorflow as tf
+
+    from mgn_tf.model import BatchNormalization
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 5, 8)).astype(np.float32))
+    options = dict(momentum=0.9, epsilon=1e-3, beta_initializer="random_normal", gamma_initializer="ones")
+    keras_bn, fused_bn = keras.layers.BatchNormalization(**options), BatchNormalization(**options)
+    keras_bn.build(x.shape)
+    fused_bn.build(x.shape)
+    weights = keras_bn.get_weights()
+    weights[0] = rng.uniform(0.5, 1.5, 8).astype(np.float32)  # gamma
+    weights[2:] = [rng.normal(0, 1, 8).astype(np.float32), rng.uniform(0.5, 2, 8).astype(np.float32)]
+    for layer in (keras_bn, fused_bn):
+        layer.set_weights(weights)
+        layer.trainable = trainable
+    for training in (True, False):
+        results = []
+        for layer in (keras_bn, fused_bn):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=training)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+            results.append([y, *grads])
+        for expected, got in zip(*results, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-4)
+    for expected, got in zip(keras_bn.get_weights(), fused_bn.get_weights(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    if trainable:  # a training call moved the statistics
+        assert not np.allclose(fused_bn.get_weights()[2], weights[2])
+
+
+def test_weights_written_with_keras_batchnorm_load(tmp_path):
+    """A weights file of the same network built with Keras's own BatchNormalization layers loads."""
+    from mgn_tf import model as mgn_model
+
+    original = mgn_model.BatchNormalization
+    try:
+        mgn_model.BatchNormalization = keras.layers.BatchNormalization
+        plain = build_mgn(3, (96, 32))
+    finally:
+        mgn_model.BatchNormalization = original
+    branch_layers = plain.get_layer("global_branch").layers
+    assert not any(type(layer).__module__ == "mgn_tf.model" for layer in branch_layers)
+    for variable in plain.weights:
+        variable.assign(np.random.default_rng(len(variable.path)).normal(0, 0.1, variable.shape))
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    fused = build_mgn(3, (96, 32))
+    fused.load_weights(tmp_path / "plain.weights.h5")
+    for a, b in zip(plain.weights, fused.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

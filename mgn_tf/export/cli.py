@@ -4,14 +4,18 @@
     python -m export --weights runs/market/checkpoints/step_00012345 --out exported \\
         --formats savedmodel,onnx --bake_flip_norm --parity_images ../shared/data/mini_market1501
 
-Writes a SavedModel (TF Serving layout), TFLite and ONNX files and checks each against the Keras model:
-prints a parity table (max |diff|, max |diff| over max |Keras embedding|, min cosine vs Keras, pairwise
-spread, size, images/s) and writes it to <out>/export_report.json. The input size is the run's unless
---input_height/--input_width are set.
-Exit codes: 0 ok; 1 a parity bound is broken: for float32 artefacts max |diff| over max |Keras embedding|
-> 1e-4 or a cosine to Keras < 1 - 1e-6, for float16/int8 ones a cosine < 0.999, or different images giving
-(nearly) equal embeddings (the same bounds with and without --bake_flip_norm); 2 a bad flag, or a
---weights, --out or --parity_images path that cannot be used (one line `error: ...`).
+Writes a SavedModel (TF Serving layout), TFLite and ONNX files (static int8 ones calibrated on a seeded
+sample of --calibration_images, default the run's training images) and checks each against the Keras
+model: prints a parity table (max |diff|, max |diff| over max |Keras embedding|, min cosine vs Keras,
+pairwise spread, size, images/s) and an accuracy table (rank-1 and mAP of Keras and of every artefact on
+a labelled split: --accuracy_dataset/--accuracy_data_dir, default the run's test split) and writes both
+to <out>/export_report.json. The input size is the run's unless --input_height/--input_width are set.
+Exit codes: 0 ok; 1 a bound is broken: for float32 artefacts max |diff| over max |Keras embedding|
+> 1e-4 or a cosine to Keras < 1 - 1e-6, for float16/int8 ones a cosine < 0.999, for static int8 ones a
+cosine < 0.95, different images giving (nearly) equal embeddings (the same bounds with and without
+--bake_flip_norm), or an artefact whose mAP is more than --max_map_drop points below Keras's; 2 a bad
+flag, or a --weights, --out, --parity_images, --calibration_images or accuracy data path that cannot be
+used (one line `error: ...`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from pathlib import Path
 from absl import flags
 
 from mgn_tf import cli
-from mgn_tf.artifacts import EXPORT_FORMATS, EXPORT_REPORT, TFLITE_VARIANTS, find_run_files
+from mgn_tf.artifacts import (
+    EXPORT_FORMATS,
+    EXPORT_REPORT,
+    ONNX_VARIANTS,
+    STATIC_VARIANT,
+    TFLITE_VARIANTS,
+    RunFiles,
+    find_run_files,
+)
 from mgn_tf.errors import ConfigError, summary
 from mgn_tf.export import onnx_model
 from mgn_tf.flags import input_size_from_flags
@@ -70,7 +82,45 @@ def define_flags() -> list[str]:
     flags.DEFINE_list(
         "tflite_variants",
         list(TFLITE_VARIANTS),
-        "TFLite variants: fp32, fp16 (float16 weights), int8 (dynamic-range quantization).",
+        "TFLite variants: fp32, fp16 (float16 weights), int8 (dynamic-range quantization), int8_static "
+        "(full-integer quantization calibrated on --calibration_images).",
+    )
+    flags.DEFINE_list(
+        "onnx_variants",
+        list(ONNX_VARIANTS),
+        "ONNX variants: fp32 (<model_name>.onnx), int8_static (QDQ, per-channel int8 weights, calibrated on "
+        "--calibration_images).",
+    )
+    flags.DEFINE_string(
+        "calibration_images",
+        None,
+        "Image folder (searched recursively) to calibrate the int8_static variants on. Default: the run's "
+        "training images (its config.json's --dataset and --data_dir).",
+    )
+    flags.DEFINE_integer(
+        "calibration_count", 256, "Calibrate on a seeded sample of this many images (all if fewer)."
+    )
+    flags.DEFINE_integer("calibration_seed", 0, "Seed of the calibration sample.")
+    flags.DEFINE_bool(
+        "accuracy",
+        True,
+        "Evaluate Keras and every artefact (rank-1, mAP) on a labelled split and fail an artefact whose mAP "
+        "is more than --max_map_drop points below Keras's. Skipped, with a line saying so, when the default "
+        "split (the run's test split) is not on this machine.",
+    )
+    flags.DEFINE_string(
+        "accuracy_dataset", None, "Dataset of the accuracy split (a --dataset name). Default: the run's."
+    )
+    flags.DEFINE_string(
+        "accuracy_data_dir", None, "Root folder of the accuracy split. Default: the run's --data_dir."
+    )
+    flags.DEFINE_integer(
+        "accuracy_identities",
+        0,
+        "Evaluate on a seeded sample of this many query identities (their query and gallery images); 0: all.",
+    )
+    flags.DEFINE_float(
+        "max_map_drop", 1.0, "Largest drop of mAP (points) below Keras's that an artefact may have."
     )
     flags.DEFINE_integer("opset", onnx_model.DEFAULT_OPSET, "ONNX opset (>= 17).")
     flags.DEFINE_bool(
@@ -96,18 +146,97 @@ def _check_flags() -> None:
     for name, values, allowed in (
         ("formats", FLAGS.formats, EXPORT_FORMATS),
         ("tflite_variants", FLAGS.tflite_variants, tuple(TFLITE_VARIANTS)),
+        ("onnx_variants", FLAGS.onnx_variants, tuple(ONNX_VARIANTS)),
     ):
         if not values or set(values) - set(allowed):
             raise ConfigError(f"--{name}={','.join(values)}: a comma-separated subset of {','.join(allowed)}")
-    for name, low in (("version", 1), ("parity_count", 2), ("opset", 17)):
+    for name, low in (
+        ("version", 1), ("parity_count", 2), ("opset", 17),
+        ("calibration_count", 1), ("accuracy_identities", 0),
+    ):  # fmt: skip
         if FLAGS[name].value < low:
             raise ConfigError(f"--{name}={FLAGS[name].value}: must be >= {low}")
-    for name in ("speed_seconds", "onnx_min_free_gib"):
+    for name in ("speed_seconds", "onnx_min_free_gib", "max_map_drop"):
         if FLAGS[name].value < 0:
             raise ConfigError(f"--{name}={FLAGS[name].value}: must be >= 0")
     _check_out_dir(Path(FLAGS.out))
-    if FLAGS.parity_images and not Path(FLAGS.parity_images).is_dir():
-        raise ConfigError(f"--parity_images={FLAGS.parity_images}: not a directory")
+    for name in ("parity_images", "calibration_images", "accuracy_data_dir"):
+        if FLAGS[name].value and not Path(FLAGS[name].value).is_dir():
+            raise ConfigError(f"--{name}={FLAGS[name].value}: not a directory")
+
+
+def wants_static() -> bool:
+    return ("tflite" in FLAGS.formats and STATIC_VARIANT in FLAGS.tflite_variants) or (
+        "onnx" in FLAGS.formats and STATIC_VARIANT in FLAGS.onnx_variants
+    )
+
+
+def _run_split(run: RunFiles, dataset: str | None, data_dir: str | None):
+    """The Split of `dataset` at `data_dir` (default: the run's); raises ConfigError naming the flags."""
+    from mgn_tf.data.datasets import DatasetLayoutError, dataset_options, load_dataset
+
+    name = (dataset or str(run.config.get("dataset", ""))).strip().lower()
+    root = data_dir or run.config.get("data_dir")
+    where = f"--dataset={name} --data_dir={root}"
+    if not name or not root or "," in name:
+        raise ConfigError(f"{run.config_path} records no single --dataset/--data_dir")
+    recorded = run.config.get("dataset_options") or {}
+    try:
+        options = {k: v for k, v in recorded.items() if k in dataset_options(name)}
+        return load_dataset(name, root, **options)
+    except (DatasetLayoutError, ValueError, OSError) as exc:
+        raise ConfigError(f"{where}: {summary(exc)}") from exc
+
+
+def calibration_for(run: RunFiles, size):
+    """The calibration images: --calibration_images, else the run's training images (ConfigError if
+    neither can be read)."""
+    from mgn_tf.export import quantize
+
+    count, seed = FLAGS.calibration_count, FLAGS.calibration_seed
+    try:
+        if FLAGS.calibration_images:
+            return quantize.calibration_from_folder(FLAGS.calibration_images, size, count, seed)
+    except ValueError as exc:
+        raise ConfigError(f"--calibration_images={FLAGS.calibration_images}: {summary(exc)}") from exc
+    try:
+        split = _run_split(run, None, None)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--calibration_images: needed for {STATIC_VARIANT} and the run's training images cannot be read "
+            f"({exc}); pass --calibration_images=DIR or leave {STATIC_VARIANT} out of --tflite_variants and "
+            "--onnx_variants"
+        ) from exc
+    files = [path for path, _, _ in split.train]
+    source = f"the training images of {split.name} at {split.root}"
+    try:
+        return quantize.calibration_from_files(files, size, count, seed, source)
+    except ValueError as exc:
+        raise ConfigError(f"--calibration_images (default: {source}): {summary(exc)}") from exc
+
+
+def accuracy_split_for(run: RunFiles):
+    """The labelled split of the accuracy check, or None (with a printed line) when it is not asked for or
+    the run's default split is not on this machine; ConfigError for explicit flags that do not work."""
+    from mgn_tf.export.accuracy import subset_identities
+
+    if not FLAGS.accuracy:
+        return None
+    explicit = bool(FLAGS.accuracy_dataset or FLAGS.accuracy_data_dir)
+    try:
+        split = _run_split(run, FLAGS.accuracy_dataset, FLAGS.accuracy_data_dir)
+    except ConfigError as exc:
+        if explicit:
+            raise ConfigError(f"--accuracy_dataset/--accuracy_data_dir: {exc}") from exc
+        print(
+            f"accuracy check skipped: the run's test split cannot be read ({exc}); pass --accuracy_dataset "
+            "and --accuracy_data_dir to check rank-1 and mAP of every artefact",
+            flush=True,
+        )
+        return None
+    if not split.query or not split.gallery:
+        raise ConfigError(f"--accuracy_data_dir={split.root}: {split.name} has no query or no gallery images")
+    return subset_identities(split, FLAGS.accuracy_identities, seed=0)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -159,6 +288,13 @@ def main(argv: list[str]) -> int:
         model, _ = load_training_model(FLAGS.weights, input_size)
     except ValueError as exc:  # mgn_tf.inference.WeightsError: one line naming the file
         return cli.error(f"--weights={FLAGS.weights}: {exc}")
+    try:
+        calibration = calibration_for(run, export_size) if wants_static() else None
+        accuracy_split = accuracy_split_for(run)
+    except ConfigError as exc:
+        return cli.error(exc)
+    if calibration is not None:
+        print(f"Calibrating {STATIC_VARIANT} on {len(calibration.files)} images from {calibration.source}")
     report = exporter.export_all(
         model,
         FLAGS.out,
@@ -167,6 +303,10 @@ def main(argv: list[str]) -> int:
         version=FLAGS.version,
         flip_norm=FLAGS.bake_flip_norm,
         tflite_variants=FLAGS.tflite_variants,
+        onnx_variants=FLAGS.onnx_variants,
+        calibration=calibration,
+        accuracy_split=accuracy_split,
+        max_map_drop=FLAGS.max_map_drop,
         opset=FLAGS.opset,
         parity_images=FLAGS.parity_images,
         parity_count=FLAGS.parity_count,
@@ -181,6 +321,13 @@ def main(argv: list[str]) -> int:
         print(f"SavedModel {size / 1e6:.1f} MB for {report.weights_bytes / 1e6:.1f} MB of weights")
     if report.onnx_peak_rss_bytes:
         print(f"ONNX conversion peak RSS {report.onnx_peak_rss_bytes / 1e9:.2f} GB")
+    accuracy_table = report.accuracy_table()
+    if accuracy_table:
+        split = report.accuracy_split
+        print(
+            f"\nAccuracy on {split['dataset']} ({split['num_query']} queries, {split['num_gallery']} gallery "
+            f"images; flip-averaged, normalised Euclidean, no re-ranking):\n{accuracy_table}"
+        )
     print(f"Report: {report.out_dir / EXPORT_REPORT}")
     if not report.ok:
         for result in report.results:
@@ -190,6 +337,10 @@ def main(argv: list[str]) -> int:
                     + "; ".join(result.failures),
                     file=sys.stderr,
                 )
+        for result in report.accuracy:
+            if not result.ok:
+                failures = "; ".join(result.failures)
+                print(f"EXPORT FAILED: {result.name} loses accuracy: {failures}", file=sys.stderr)
         return EXIT_PARITY
     return 0
 

@@ -5,7 +5,8 @@ Layout of `out_dir`:
     <model_name>/<version>/            SavedModel (TF Serving: mount <out_dir>/<model_name> as the base path)
     <model_name>_<variant>.tflite      TFLite variants (+ .json export info beside each)
     <model_name>.onnx                  ONNX
-    export_report.json                 parity table, sizes, speeds, conversion memory
+    <model_name>_int8_static.onnx      ONNX, static int8 (QDQ), calibrated on real images
+    export_report.json                 parity table, sizes, speeds, conversion memory, accuracy table
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from mgn_tf.artifacts import (
     EMBED_SIGNATURE,
     EXPORT_FORMATS,
     EXPORT_REPORT,
+    ONNX_VARIANTS,
     OUTPUT_KEY,
     SERVING_SIGNATURE,
+    STATIC_VARIANT,
     TFLITE_VARIANTS,
 )
-from mgn_tf.export import onnx_model, parity, saved_model, tflite_model
+from mgn_tf.data.datasets import Split
+from mgn_tf.export import accuracy, onnx_model, parity, quantize, saved_model, tflite_model
 from mgn_tf.files import atomic_write_json
 from mgn_tf.inference import KerasEmbedder, load
 from mgn_tf.model import embedding_model
@@ -50,13 +54,31 @@ class ExportReport:
     parity_source: str = ""
     onnx_peak_rss_bytes: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    calibration: dict | None = None
+    accuracy_split: dict | None = None
+    accuracy_reference: accuracy.Accuracy | None = None
+    accuracy: list[accuracy.Accuracy] = field(default_factory=list)
+    max_map_drop: float | None = None
 
     @property
     def ok(self) -> bool:
+        return self.parity_ok and self.accuracy_ok
+
+    @property
+    def parity_ok(self) -> bool:
         return all(r.ok for r in self.results)
+
+    @property
+    def accuracy_ok(self) -> bool:
+        return all(r.ok for r in self.accuracy)
 
     def table(self) -> str:
         return parity.format_table(self.results)
+
+    def accuracy_table(self) -> str | None:
+        if self.accuracy_reference is None:
+            return None
+        return accuracy.format_table(self.accuracy, self.accuracy_reference)
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +89,15 @@ class ExportReport:
             "onnx_peak_rss_bytes": self.onnx_peak_rss_bytes,
             "seconds": self.seconds,
             "results": [r.to_dict() for r in self.results],
+            "calibration": self.calibration,
+            "accuracy": None
+            if self.accuracy_reference is None
+            else {
+                "split": self.accuracy_split,
+                "max_map_drop": self.max_map_drop,
+                "keras": self.accuracy_reference.to_dict(),
+                "artefacts": [r.to_dict() for r in self.accuracy],
+            },
         }
 
 
@@ -78,6 +109,10 @@ def export_all(
     version: int = 1,
     flip_norm: bool = False,
     tflite_variants: Sequence[str] = tuple(TFLITE_VARIANTS),
+    onnx_variants: Sequence[str] = tuple(ONNX_VARIANTS),
+    calibration: quantize.Calibration | None = None,
+    accuracy_split: Split | None = None,
+    max_map_drop: float = accuracy.DEFAULT_MAX_MAP_DROP,
     opset: int = onnx_model.DEFAULT_OPSET,
     parity_images: str | Path | None = None,
     parity_count: int = 8,
@@ -92,7 +127,10 @@ def export_all(
     (loaded with mgn_tf.inference.load, the API users get) and Keras embed the same `parity_count` images
     (from `parity_images`, else generated); the SavedModel is also run through its image-bytes signature
     and, when `session_loader_check`, through `saved_model_cli run` (TF Serving's session loader).
-    Speeds are images/s at batch `parity_count`. Check `report.ok`; nothing raises for a broken bound.
+    Speeds are images/s at batch `parity_count`. The `int8_static` variants are calibrated on
+    `calibration` (required for them). With `accuracy_split` (a labelled query/gallery split), every
+    artefact and the Keras model are also evaluated on it (rank-1, mAP) and an artefact more than
+    `max_map_drop` points of mAP below Keras fails. Check `report.ok`; nothing raises for a broken bound.
     """
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown or not formats:
@@ -100,6 +138,14 @@ def export_all(
     bad_variants = sorted(set(tflite_variants) - set(TFLITE_VARIANTS))
     if bad_variants:
         raise ValueError(f"unknown TFLite variants {bad_variants}; choose from {list(TFLITE_VARIANTS)}")
+    bad_variants = sorted(set(onnx_variants) - set(ONNX_VARIANTS))
+    if bad_variants or ("onnx" in formats and not onnx_variants):
+        raise ValueError(f"ONNX variants: a non-empty subset of {list(ONNX_VARIANTS)}, got {bad_variants}")
+    wants_static = ("tflite" in formats and STATIC_VARIANT in tflite_variants) or (
+        "onnx" in formats and STATIC_VARIANT in onnx_variants
+    )
+    if wants_static and calibration is None:
+        raise ValueError(f"the {STATIC_VARIANT} variants need calibration images (calibration=...)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model.output, dict):
@@ -108,6 +154,8 @@ def export_all(
     info = {**(info or {}), "input_height": size[0], "input_width": size[1], "flip_norm": flip_norm}
     weights_bytes = sum(int(np.prod(v.shape)) * v.value.dtype.size for v in model.variables)
     report = ExportReport(out_dir, weights_bytes=weights_bytes)
+    if wants_static:
+        report.calibration = calibration.describe()
 
     batch = parity.parity_batch(size, parity_images, parity_count)
     report.parity_source = batch.source
@@ -142,7 +190,7 @@ def export_all(
                 started = time.perf_counter()
                 path = out_dir / f"{model_name}_{variant}.tflite"
                 report.artefacts[f"tflite_{variant}"] = tflite_model.export_tflite(
-                    sm_dir, path, variant, info
+                    sm_dir, path, variant, info, calibration if variant == STATIC_VARIANT else None
                 )
                 report.seconds[f"tflite_{variant}"] = time.perf_counter() - started
                 log.info(
@@ -150,7 +198,7 @@ def export_all(
                 )
                 gc.collect()
         if conversion is not None:
-            report.artefacts["onnx"] = conversion.wait()
+            fp32_onnx = conversion.wait()
             report.onnx_peak_rss_bytes = conversion.peak_rss_bytes
             report.seconds["onnx"] = conversion.seconds
             log.info(
@@ -159,6 +207,18 @@ def export_all(
                 conversion.seconds,
                 conversion.peak_rss_bytes / 1e9,
             )
+            if STATIC_VARIANT in onnx_variants:
+                started = time.perf_counter()
+                path = out_dir / f"{model_name}_{STATIC_VARIANT}.onnx"
+                report.artefacts[f"onnx_{STATIC_VARIANT}"] = quantize.quantize_onnx(
+                    fp32_onnx, path, calibration, info
+                )
+                report.seconds[f"onnx_{STATIC_VARIANT}"] = time.perf_counter() - started
+                log.info("ONNX %s written to %s", STATIC_VARIANT, path)
+            if "fp32" in onnx_variants:
+                report.artefacts["onnx"] = fp32_onnx
+            else:
+                fp32_onnx.unlink()
 
         if "savedmodel" in formats:
             report.results += _check_saved_model(
@@ -171,12 +231,15 @@ def export_all(
                 report.results.append(
                     _check(f"tflite/{variant}", precision, path, batch, reference, flip_norm, speed_seconds)
                 )
-        if "onnx" in report.artefacts:
-            report.results.append(
-                _check(
-                    "onnx", "float32", report.artefacts["onnx"], batch, reference, flip_norm, speed_seconds
+        for key, path in report.artefacts.items():
+            if key == "onnx" or key.startswith("onnx_"):
+                variant = key.removeprefix("onnx").removeprefix("_") or "fp32"
+                name = "onnx" if variant == "fp32" else f"onnx/{variant}"
+                report.results.append(
+                    _check(name, ONNX_VARIANTS[variant], path, batch, reference, flip_norm, speed_seconds)
                 )
-            )
+        if accuracy_split is not None:
+            _check_accuracy(report, keras_embedder, accuracy_split, max_map_drop)
     finally:
         if conversion is not None:
             conversion.cancel()  # a no-op once finished
@@ -200,6 +263,35 @@ def _check(name, precision, path, batch, reference, flip_norm, speed_seconds) ->
     del embedder
     gc.collect()
     return result
+
+
+def _artefact_name(key: str) -> str:
+    """The parity table's name of an artefact key: tflite_fp32 -> tflite/fp32, onnx_int8_static -> ..."""
+    if key == "savedmodel":
+        return f"savedmodel/{EMBED_SIGNATURE}"
+    kind, _, variant = key.partition("_")
+    return f"{kind}/{variant}" if variant else kind
+
+
+def _check_accuracy(report: ExportReport, keras_embedder, split: Split, max_map_drop: float) -> None:
+    """Rank-1 / mAP of Keras and of every artefact on `split`; the mAP gate."""
+    report.accuracy_split = {
+        "dataset": split.name,
+        "root": split.root,
+        "num_query": len(split.query),
+        "num_gallery": len(split.gallery),
+        "num_query_ids": len({pid for _, pid, _ in split.query}),
+    }
+    report.max_map_drop = max_map_drop
+    log.info("Accuracy on %s: %d queries, %d gallery", split.name, len(split.query), len(split.gallery))
+    report.accuracy_reference = accuracy.retrieval_accuracy("keras", keras_embedder, split)
+    for key, path in report.artefacts.items():
+        embedder = load(path)
+        report.accuracy.append(accuracy.retrieval_accuracy(_artefact_name(key), embedder, split))
+        log.info("Accuracy of %s: mAP %.2f%%", key, 100 * report.accuracy[-1].mAP)
+        del embedder
+        gc.collect()
+    accuracy.apply_gate(report.accuracy, report.accuracy_reference, max_map_drop)
 
 
 def _check_saved_model(sm_dir, batch, reference, flip_norm, session_loader_check, speed_seconds):
