@@ -159,7 +159,8 @@ def export_all(
 
     batch = parity.parity_batch(size, parity_images, parity_count)
     report.parity_source = batch.source
-    keras_embedder = KerasEmbedder(model, Path("<keras>"), flip_norm=flip_norm)
+    # The reference is the model on its variables, exactly as Keras runs it (not the frozen fast path).
+    keras_embedder = KerasEmbedder(model, Path("<keras>"), flip_norm=flip_norm, frozen=False)
     reference = keras_embedder.embed(batch.pixels, batch_size=len(batch.pixels))
     report.results.append(
         parity.compare(

@@ -1,0 +1,692 @@
+"""Same-run speed benchmark: mgn_tf and its exported artefacts against a PyTorch MGN and the fp32 ceiling.
+
+    .venv/bin/python benchmarks/bench_speed.py [--export_dir DIR] [--threads 2] [--batch 8] [--seconds 10]
+        [--sizes 96x32 384x128] [--skip_training] [--noxla] [--calibration_images DIR]
+
+Needs the `bench` extra (torch; openvino optional). In one invocation, on this machine:
+  * the ceiling: numpy float32 matmul GFLOP/s at --threads, divided by the MGN forward GFLOP per image
+    (conv / linear multiply-adds x 2, counted on benchmarks/torch_mgn.py) = fp32 images/s;
+  * inference images/s at --batch for PyTorch eager (NCHW and channels_last), the mgn_tf Keras model, every
+    artefact in --export_dir (*.tflite, *.onnx, SavedModels, through mgn_tf.inference) and OpenVINO on
+    the fp32 ONNX file; without --export_dir the script exports a model itself (at the largest size);
+  * training seconds per step, PyTorch eager against mgn_tf's own path (engine.train's MGNTrainer,
+    optimizer, compile and fit; with and without XLA), random P x K batches.
+Every measurement runs in a fresh child process with the same thread count, so thread pools and memory
+of one runtime never meet another's. Writes docs/results/bench_speed.json and .md; progress on stderr.
+Run it on an otherwise idle machine: PyTorch's OpenMP pool slows down several-fold whenever another process
+takes a core (TensorFlow's work-stealing pool far less), which the per-call times in the JSON show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
+
+RESULT_MARK = "BENCH_SPEED_RESULT "
+# Every thread pool a child may start reads one of these; ORT, TFLite and OpenVINO are also told in code.
+THREAD_ENV = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+)  # fmt: skip
+DEFAULT_PK = {"96x32": "8x4", "384x128": "4x4"}
+REFERENCE = "pytorch eager channels_last"
+# Backward costs about twice the forward: a training step is ~3 forward passes of arithmetic.
+TRAIN_FLOP_FACTOR = 3
+START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    print(f"[bench_speed {time.perf_counter() - START:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, width = text.lower().split("x")
+    return int(height), int(width)
+
+
+def size_name(size) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+# ------------------------------------------------------------------------------------ child processes
+
+
+def child_env(threads: int, inter_op: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({name: str(threads) for name in THREAD_ENV})
+    env.update(TF_NUM_INTEROP_THREADS=str(inter_op), TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_child(task: dict, args) -> dict:
+    """Runs `task` in a fresh interpreter; its result dict, or {"error": ...} (the run goes on)."""
+    task = {**task, "threads": args.threads, "inter_op": args.inter_op}
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(task)]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, env=child_env(args.threads, args.inter_op), capture_output=True, text=True,
+            timeout=args.child_timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.child_timeout} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-6:]
+        progress(f"  {task['kind']} failed (exit {done.returncode}): " + " | ".join(tail))
+        return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
+    result = json.loads(lines[-1][len(RESULT_MARK) :])
+    result["child_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def timed_calls(run, seconds: float, warmup: int = 1, min_calls: int = 3) -> list[float]:
+    """Seconds of each `run()` after `warmup` calls: at least `min_calls`, until `seconds` passed."""
+    for _ in range(warmup):
+        run()
+    durations, start = [], time.perf_counter()
+    while len(durations) < min_calls or time.perf_counter() - start < seconds:
+        began = time.perf_counter()
+        run()
+        durations.append(time.perf_counter() - began)
+    return durations
+
+
+def throughput(durations: list[float], batch: int) -> dict:
+    """Images/s over all timed calls, and over the median call (robust to another process's bursts)."""
+    return {
+        "images_per_second": batch * len(durations) / sum(durations),
+        "median_images_per_second": batch / statistics.median(durations),
+        "calls": len(durations),
+        "call_seconds": [round(d, 4) for d in durations[:200]],
+    }
+
+
+def step_times(durations: list[float]) -> dict:
+    return {
+        "seconds_per_step": sum(durations) / len(durations),
+        "median_seconds_per_step": statistics.median(durations),
+        "steps": len(durations),
+        "step_seconds": [round(d, 4) for d in durations],
+    }
+
+
+def random_pixels(batch: int, size, seed: int = 0):
+    import numpy as np
+
+    return np.random.default_rng(seed).uniform(0, 255, (batch, *size, 3)).astype(np.float32)
+
+
+def pk_labels(p: int, k: int):
+    import numpy as np
+
+    return np.repeat(np.arange(p, dtype=np.int32), k)
+
+
+def _tf_threads(task: dict):
+    """Imports TensorFlow with the run's thread pools, before any op creates them."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(task["threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(task["inter_op"])
+    return tf
+
+
+def _torch_threads(task: dict):
+    import torch
+
+    torch.set_num_threads(task["threads"])
+    torch.set_num_interop_threads(task["inter_op"])
+    return torch
+
+
+def task_sgemm(task: dict) -> dict:
+    import numpy as np
+
+    n = task["n"]
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    a @ b  # warm-up: BLAS thread start and page faults
+    best = min(_seconds(lambda: a @ b) for _ in range(task["repeats"]))
+    return {"gflops": 2 * n**3 / best / 1e9, "n": n, "best_seconds": best}
+
+
+def _seconds(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def task_flops(task: dict) -> dict:
+    _torch_threads(task)
+    from torch_mgn import TorchMGN, forward_flops
+
+    model = TorchMGN(task["num_classes"])
+    return {
+        name: {
+            "embed_gflop": forward_flops(model, parse_size(name)) / 1e9,
+            "train_forward_gflop": forward_flops(model, parse_size(name), embed_only=False) / 1e9,
+        }
+        for name in task["sizes"]
+    }
+
+
+def task_torch_infer(task: dict) -> dict:
+    torch = _torch_threads(task)
+    from torch_mgn import TorchMGN
+
+    size = parse_size(task["size"])
+    model = TorchMGN(task["num_classes"]).eval()
+    channels_last = task["channels_last"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pixels = random_pixels(task["batch"], size)
+
+    def run():
+        # From the NHWC array the embedders take: its NCHW view is channels_last already; plain NCHW
+        # needs the copy a PyTorch pipeline would make.
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        with torch.inference_mode():
+            return model.embed(x).numpy()
+
+    return {**throughput(timed_calls(run, task["seconds"]), task["batch"]), "size": task["size"]}
+
+
+def task_keras_infer(task: dict) -> dict:
+    """What evaluate and search run for a run directory (KerasEmbedder), on distinct branch weights: a
+    fresh model's three equal branches would let the frozen graph's optimizer compute one of them."""
+    _tf_threads(task)
+    from helpers.perturb import distinct_fresh_model
+
+    from mgn_tf.inference import KerasEmbedder
+
+    size = parse_size(task["size"])
+    model = distinct_fresh_model(task["num_classes"], size, seed=0)
+    embedder = KerasEmbedder(model, Path("<keras>"), frozen=task["frozen"])
+    return _time_embedder(embedder, task)
+
+
+def _time_embedder(embedder, task: dict) -> dict:
+    pixels = random_pixels(task["batch"], embedder.input_size)
+    durations = timed_calls(lambda: embedder.embed(pixels, batch_size=task["batch"]), task["seconds"])
+    return {
+        **throughput(durations, task["batch"]),
+        "size": size_name(embedder.input_size),
+        "format": embedder.format,
+    }
+
+
+def _artefact_embedder(path: Path, threads: int, inter_op: int):
+    """mgn_tf.inference's embedder of `path`, held to `threads`: TFLiteEmbedder takes a thread count,
+    OnnxEmbedder does not, so its session is re-created with the same options otherwise."""
+    from mgn_tf.inference import TFLiteEmbedder, load
+
+    if path.suffix == ".tflite":
+        return TFLiteEmbedder(path, num_threads=threads), {"tflite_num_threads": threads}
+    embedder = load(path)
+    if embedder.format != "onnx":
+        return embedder, {}
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, inter_op
+    embedder.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return embedder, {"ort_intra_op_num_threads": threads, "ort_inter_op_num_threads": inter_op}
+
+
+def task_artefact_infer(task: dict) -> dict:
+    path = Path(task["path"])
+    if path.is_dir():  # a SavedModel: TensorFlow's thread pools (the others never import TensorFlow)
+        _tf_threads(task)
+    embedder, settings = _artefact_embedder(path, task["threads"], task["inter_op"])
+    return {**_time_embedder(embedder, task), "settings": settings}
+
+
+def task_openvino_infer(task: dict) -> dict:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(task["path"])
+    shape = model.inputs[0].get_partial_shape()
+    size = (shape[1].get_length(), shape[2].get_length())
+    model.reshape([task["batch"], *size, 3])
+    # f32 explicitly: on CPUs with AMX / AVX512-BF16 OpenVINO otherwise infers in bfloat16.
+    config = {
+        "INFERENCE_NUM_THREADS": task["threads"], "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+    }  # fmt: skip
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    pixels = random_pixels(task["batch"], size)
+    durations = timed_calls(lambda: request.infer({0: pixels}), task["seconds"])
+    return {
+        **throughput(durations, task["batch"]), "size": size_name(size),
+        "settings": {**config, "openvino": ov.__version__},
+    }  # fmt: skip
+
+
+def task_torch_train(task: dict) -> dict:
+    torch = _torch_threads(task)
+    from torch_mgn import TorchMGN, make_optimizer, train_step
+
+    size = parse_size(task["size"])
+    model = TorchMGN(task["num_classes"]).train()
+    optimizer = make_optimizer(model)
+    images = torch.from_numpy(random_pixels(task["p"] * task["k"], size)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(pk_labels(task["p"], task["k"]).astype("int64"))
+    durations = timed_calls(
+        lambda: train_step(model, optimizer, images, labels), task["seconds"], task["warmup"], task["steps"]
+    )
+    return {**step_times(durations), "size": task["size"]}
+
+
+def task_tf_train(task: dict) -> dict:
+    """engine.train's construction of the trainer (default flags, no pretrained download), then fit."""
+    tf = _tf_threads(task)
+    import keras
+
+    from mgn_tf import engine
+    from mgn_tf.config import TrainConfig
+    from mgn_tf.model import build_mgn
+    from mgn_tf.optimizer import learning_rate_schedule, make_optimizer
+    from mgn_tf.trainer import MGNTrainer
+
+    height, width = parse_size(task["size"])
+    config = TrainConfig(
+        input_height=height, input_width=width, p=task["p"], k=task["k"], backbone_weights="none",
+        xla=task["xla"],
+    )  # fmt: skip
+    engine.configure_runtime(config)
+    strategy = engine.make_strategy(config)
+    steps_per_epoch = 1000
+    with strategy.scope():
+        mgn = build_mgn(
+            task["num_classes"], config.input_size, backbone_weights=config.backbone,
+            sync_bn=config.sync_bn, zero_init_residual=config.zero_init_residual,
+        )  # fmt: skip
+        trainer = MGNTrainer(
+            mgn, config.margin, config.softmax_weight, config.triplet_weight, config.label_smoothing
+        )
+        schedule = learning_rate_schedule(
+            config.lr, steps_per_epoch, config.epochs, config.lr_schedule, config.lr_decay_epochs,
+            config.lr_decay_factor, config.warmup_epochs, config.warmup_factor,
+        )  # fmt: skip
+        optimizer = make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay)
+        trainer.compile(optimizer=optimizer, jit_compile=config.xla)
+        trainer.optimizer.build(trainer.trainable_variables)
+
+    images = random_pixels(task["p"] * task["k"], (height, width))
+    labels = pk_labels(task["p"], task["k"])
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    timer = StepTimer(task["warmup"], task["steps"], task["seconds"], keras.callbacks.Callback)
+    trainer.fit(dataset, epochs=1, steps_per_epoch=10**6, verbose=0, callbacks=[timer.callback])
+    return {
+        **step_times(timer.durations), "size": task["size"],
+        "xla": config.xla, "mixed_precision": config.mixed_precision,
+    }  # fmt: skip
+
+
+class StepTimer:
+    """Times fit's steps from batch end to batch end after `warmup` steps; stops fit when done."""
+
+    def __init__(self, warmup: int, min_steps: int, seconds: float, base):
+        self.warmup, self.min_steps, self.seconds = warmup, min_steps, seconds
+        self.done, self.last, self.durations = 0, None, []
+        timer = self
+
+        class Callback(base):
+            def on_train_batch_end(self, batch, logs=None):
+                timer.step_end(self.model)
+
+        self.callback = Callback()
+
+    def step_end(self, model) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.done > self.warmup:
+            self.durations.append(now - self.last)
+            if len(self.durations) >= self.min_steps and sum(self.durations) >= self.seconds:
+                model.stop_training = True
+        self.last = now
+
+
+def task_export(task: dict) -> dict:
+    _tf_threads(task)
+    from helpers.perturb import distinct_fresh_model
+
+    from mgn_tf.export import exporter
+    from mgn_tf.model import embedding_model
+
+    size = parse_size(task["size"])
+    model = embedding_model(distinct_fresh_model(task["num_classes"], size, seed=0))
+    kwargs = export_kwargs(exporter.export_all, size, task)
+    report = exporter.export_all(model, task["out_dir"], **kwargs)
+    return {
+        "ok": report.ok,
+        "artefacts": {k: str(v) for k, v in report.artefacts.items()},
+        "calibration": kwargs["calibration"].describe() if kwargs.get("calibration") else None,
+    }
+
+
+def export_kwargs(export_all, size: tuple[int, int], task: dict) -> dict:
+    """What this benchmark asks of export_all, limited to the arguments it has (the exporter is still
+    growing: add new options here, they are passed once it takes them)."""
+    accepted = inspect.signature(export_all).parameters
+    wanted = {
+        "parity_count": 8,
+        "speed_seconds": 1.0,
+        "info": {"benchmark": "bench_speed: distinct_fresh_model(seed=0)"},
+    }
+    if "calibration" in accepted:  # the static int8 variants need it
+        wanted["calibration"] = calibration(size, task.get("calibration_images"), task["calibration_count"])
+    return {name: value for name, value in wanted.items() if name in accepted}
+
+
+def calibration(size: tuple[int, int], folder: str | None, count: int):
+    """Calibration images for the static int8 variants: a seeded sample of `folder`, else generated
+    images (the export parity check's smooth colour fields: only the speed of the result matters here)."""
+    import numpy as np
+
+    from mgn_tf.export import parity, quantize
+
+    if folder:
+        return quantize.calibration_from_folder(folder, size, count, seed=0)
+    batch = parity.parity_batch(size, None, count, seed=1)
+    files = [f"<generated {i}>" for i in range(len(batch.pixels))]
+    return quantize.Calibration(np.asarray(batch.pixels, np.float32), files, "generated by bench_speed")
+
+
+TASKS = {
+    "sgemm": task_sgemm, "flops": task_flops, "torch_infer": task_torch_infer,
+    "keras_infer": task_keras_infer, "artefact_infer": task_artefact_infer,
+    "openvino_infer": task_openvino_infer, "torch_train": task_torch_train, "tf_train": task_tf_train,
+    "export": task_export,
+}  # fmt: skip
+
+
+def child_main(spec: str) -> None:
+    task = json.loads(spec)
+    result = TASKS[task["kind"]](task)
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------------------- the parent
+
+
+def find_artefacts(export_dir: Path) -> list[Path]:
+    """Every *.tflite, *.onnx and SavedModel directory under `export_dir`."""
+    files = sorted(p for p in export_dir.rglob("*") if p.suffix in (".tflite", ".onnx") and p.is_file())
+    saved_models = sorted(p.parent for p in export_dir.rglob("saved_model.pb"))
+    return saved_models + files
+
+
+def fp32_onnx(paths: list[Path]) -> list[Path]:
+    return [
+        p for p in paths if p.suffix == ".onnx" and not any(t in p.stem for t in ("int8", "fp16", "quant"))
+    ]
+
+
+def artefact_name(path: Path, export_dir: Path) -> str:
+    return f"mgn_tf {path.relative_to(export_dir).as_posix()}"
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def measure_ceiling(args, record: dict) -> None:
+    progress(f"sgemm ceiling: numpy float32 {args.sgemm_n}^2 matmul, {args.threads} threads")
+    record["sgemm"] = run_child({"kind": "sgemm", "n": args.sgemm_n, "repeats": 5}, args)
+    progress(f"  {record['sgemm'].get('gflops', float('nan')):.1f} GFLOP/s")
+    record["flops"] = run_child({"kind": "flops", "sizes": args.sizes, "num_classes": args.num_classes}, args)
+    for name in args.sizes:
+        gflop = record["flops"].get(name, {}).get("embed_gflop", float("nan"))
+        progress(f"  MGN forward at {name}: {gflop:.2f} GFLOP per image")
+
+
+def measure_inference(args, record: dict, export_dir: Path | None) -> None:
+    rows = record["inference"]
+    common = {"batch": args.batch, "seconds": args.seconds, "num_classes": args.num_classes}
+    for name in args.sizes:
+        for runtime, task in (
+            ("pytorch eager NCHW", {"kind": "torch_infer", "channels_last": False}),
+            (REFERENCE, {"kind": "torch_infer", "channels_last": True}),
+            ("mgn_tf keras (run dir: evaluate, search)", {"kind": "keras_infer", "frozen": True}),
+            ("mgn_tf keras on variables", {"kind": "keras_infer", "frozen": False}),
+        ):
+            progress(f"inference {runtime} {name} batch {args.batch}")
+            rows.append({"runtime": runtime, **run_child({**task, **common, "size": name}, args)})
+    if export_dir is None:
+        return
+    artefacts = find_artefacts(export_dir)
+    for path in artefacts:
+        progress(f"inference {path} batch {args.batch}")
+        result = run_child({"kind": "artefact_infer", "path": str(path), **common}, args)
+        rows.append({"runtime": artefact_name(path, export_dir), **result})
+    for path in fp32_onnx(artefacts):
+        name = f"openvino {path.relative_to(export_dir).as_posix()}"
+        if not openvino_available():
+            record["notes"].append(f"{name}: skipped, openvino is not installed (pip install -e .[bench])")
+            continue
+        progress(f"inference {name} batch {args.batch}")
+        rows.append(
+            {"runtime": name, **run_child({"kind": "openvino_infer", "path": str(path), **common}, args)}
+        )
+
+
+def measure_training(args, record: dict) -> None:
+    rows = record["training"]
+    for name in args.sizes:
+        p, k = parse_size(args.pk.get(name, "4x4"))
+        common = {
+            "size": name, "p": p, "k": k, "warmup": args.train_warmup, "steps": args.train_steps,
+            "seconds": args.seconds, "num_classes": args.num_classes,
+        }  # fmt: skip
+        variants = [
+            ("pytorch eager", {"kind": "torch_train"}),
+            ("mgn_tf", {"kind": "tf_train", "xla": False}),
+        ]
+        if args.xla:
+            variants.append(("mgn_tf --xla", {"kind": "tf_train", "xla": True}))
+        for runtime, task in variants:
+            progress(f"training {runtime} {name} P x K = {p}x{k}")
+            result = run_child({**task, **common}, args)
+            rows.append({"runtime": runtime, "batch": p * k, "pk": f"{p}x{k}", **result})
+            progress(f"  {result.get('seconds_per_step', float('nan')):.3f} s/step")
+
+
+def add_ratios(record: dict) -> None:
+    """Inference: images/s over PyTorch channels_last's and over the ceiling's; training: PyTorch s/step
+    over this s/step (>1: faster than PyTorch) and the ceiling's s/step over this one."""
+    gflops = record["sgemm"].get("gflops")
+    flops = record["flops"]
+    reference = {r["size"]: r["images_per_second"] for r in record["inference"]
+                 if r["runtime"] == REFERENCE and "images_per_second" in r}  # fmt: skip
+    for row in record["inference"]:
+        if "images_per_second" not in row:
+            continue
+        ips, size = row["images_per_second"], row["size"]
+        row["vs_reference"] = ips / reference[size] if size in reference else None
+        per_image = flops.get(size, {}).get("embed_gflop")
+        row["ceiling_images_per_second"] = gflops / per_image if gflops and per_image else None
+        row["vs_ceiling"] = (
+            ips / row["ceiling_images_per_second"] if row["ceiling_images_per_second"] else None
+        )
+    torch_steps = {r["size"]: r["seconds_per_step"] for r in record["training"]
+                   if r["runtime"] == "pytorch eager" and "seconds_per_step" in r}  # fmt: skip
+    for row in record["training"]:
+        if "seconds_per_step" not in row:
+            continue
+        size = row["size"]
+        row["vs_reference"] = torch_steps[size] / row["seconds_per_step"] if size in torch_steps else None
+        per_image = flops.get(size, {}).get("train_forward_gflop")
+        ceiling = TRAIN_FLOP_FACTOR * per_image * row["batch"] / gflops if gflops and per_image else None
+        row["ceiling_seconds_per_step"] = ceiling
+        row["vs_ceiling"] = ceiling / row["seconds_per_step"] if ceiling else None
+
+
+def _ratio(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else "-"
+
+
+def _value(row: dict, key: str, unit: str, digits: int) -> tuple[str, str]:
+    """(mean, median) cells; the error in place of the mean when the measurement failed."""
+    if key not in row:
+        return row.get("error", "?").replace("|", "/"), "-"
+    return f"{row[key]:.{digits}f} {unit}", f"{row[f'median_{key}']:.{digits}f}"
+
+
+def table(record: dict) -> str:
+    lines = [
+        "| measurement | runtime | size | batch | value | median | vs PyTorch | vs fp32 ceiling |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in record["inference"]:
+        value, median = _value(row, "images_per_second", "img/s", 1)
+        lines.append(
+            f"| inference | {row['runtime']} | {row.get('size', '-')} | {record['batch']} | {value} | "
+            f"{median} | {_ratio(row.get('vs_reference'))} | {_ratio(row.get('vs_ceiling'))} |"
+        )
+    for row in record["training"]:
+        value, median = _value(row, "seconds_per_step", "s/step", 3)
+        lines.append(
+            f"| training | {row['runtime']} | {row['size']} | {row['batch']} ({row['pk']}) | {value} | "
+            f"{median} | {_ratio(row.get('vs_reference'))} | {_ratio(row.get('vs_ceiling'))} |"
+        )
+    return "\n".join(lines)
+
+
+def notes(record: dict, args) -> str:
+    sgemm = record["sgemm"]
+    flops = ", ".join(
+        f"{k} {v['embed_gflop']:.2f}" for k, v in record["flops"].items() if isinstance(v, dict)
+    )
+    parts = [
+        f"Ceiling: numpy float32 {args.sgemm_n}x{args.sgemm_n} matmul at {sgemm.get('gflops', 0):.1f} "
+        "GFLOP/s "
+        f"({args.threads} threads); MGN embedding forward GFLOP per image (2 x conv/linear multiply-adds): "
+        f"{flops}. Training ceiling: {TRAIN_FLOP_FACTOR} x the training model's forward FLOPs per image. "
+        "The ceiling is fp32's: float16 / int8 artefacts can exceed it.",
+        f"Every measurement in a fresh child process: {', '.join(THREAD_ENV)}={args.threads}, "
+        f"TF intra-op {args.threads} / inter-op {args.inter_op}, torch.set_num_threads({args.threads}), "
+        f"ORT intra-op {args.threads} (session re-created: OnnxEmbedder has no thread option), TFLite "
+        f"num_threads={args.threads}, OpenVINO INFERENCE_NUM_THREADS={args.threads} with f32 precision.",
+        "vs PyTorch: inference images/s over PyTorch eager channels_last's at the same size; training "
+        "PyTorch s/step over this s/step (>1: faster than PyTorch). PyTorch MGN: benchmarks/torch_mgn.py "
+        "(same layers, parameter count and FLOPs as mgn_tf). Random weights and inputs; the timed call "
+        "includes each runtime's host-side work from an NHWC float32 array. value: over all timed calls; "
+        "median: of the median call (per-call times in the JSON: other processes on the machine show there).",
+        f"Training: {args.train_warmup} warm-up steps, then at least {args.train_steps} steps and "
+        f"{args.seconds} s; mgn_tf through engine.train's trainer construction and Keras fit.",
+        *record["notes"],
+    ]
+    return "\n\n".join(parts)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export_dir", type=Path, help="Artefacts to time (default: export one first).")
+    parser.add_argument("--export_out", type=Path, default=Path("/tmp/mgn_bench_speed_export"),
+                        help="Where to export when --export_dir is not given.")  # fmt: skip
+    parser.add_argument("--calibration_images", help="Image folder for the exported static int8 variants.")
+    parser.add_argument("--calibration_count", type=int, default=32, help="Calibration images.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--inter_op", type=int, default=1, help="Inter-op threads (TF, torch, ORT).")
+    parser.add_argument("--batch", type=int, default=8, help="Inference batch size.")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Minimum timed seconds per measurement.")
+    parser.add_argument("--sizes", nargs="+", default=["96x32", "384x128"], help="Input sizes HxW.")
+    parser.add_argument("--pk", nargs="*", default=[f"{s}={pk}" for s, pk in DEFAULT_PK.items()],
+                        help="Training P x K per size, SIZE=PxK (default 4x4).")  # fmt: skip
+    parser.add_argument("--skip_training", action="store_true")
+    parser.add_argument("--skip_inference", action="store_true")
+    parser.add_argument("--noxla", dest="xla", action="store_false", help="Skip the mgn_tf --xla variant.")
+    parser.add_argument("--train_warmup", type=int, default=3)
+    parser.add_argument("--train_steps", type=int, default=5, help="Minimum timed training steps.")
+    parser.add_argument("--num_classes", type=int, default=751)
+    parser.add_argument("--sgemm_n", type=int, default=4096)
+    parser.add_argument("--child_timeout", type=float, default=3600)
+    parser.add_argument("--name", default="bench_speed", help="Result file name under docs/results.")
+    args = parser.parse_args(argv)
+    args.sizes = [size_name(parse_size(s)) for s in args.sizes]
+    args.pk = dict(item.split("=") for item in args.pk)
+    return args
+
+
+def export_for_benchmark(args, record: dict) -> Path:
+    size = max(args.sizes, key=lambda s: parse_size(s)[0] * parse_size(s)[1])
+    progress(f"exporting a {size} model to {args.export_out} (no --export_dir)")
+    task = {
+        "kind": "export", "size": size, "out_dir": str(args.export_out), "num_classes": args.num_classes,
+        "calibration_images": args.calibration_images, "calibration_count": args.calibration_count,
+    }  # fmt: skip
+    result = run_child(task, args)
+    record["export"] = result
+    if "error" in result:
+        record["notes"].append(f"The export at {size} failed, no artefact was timed: {result['error']}")
+    else:
+        parity = "all within their parity bounds" if result["ok"] else "NOT all within parity bounds"
+        record["notes"].append(f"Artefacts exported by this run at {size} into {args.export_out} ({parity}).")
+    return args.export_out
+
+
+def bench_versions() -> dict:
+    """Versions results.machine() does not list."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("torch", "openvino", "ai-edge-litert"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def main(argv: list[str]) -> None:
+    import results
+
+    args = parse_args(argv)
+    if (
+        not (args.skip_inference or args.export_dir)
+        and args.export_out.exists()
+        and any(args.export_out.iterdir())
+    ):
+        # Stale artefacts (another size, an older exporter) would be timed as this run's.
+        sys.exit(f"{args.export_out} is not empty: time it with --export_dir {args.export_out} or remove it")
+    record = {
+        "versions": bench_versions(), "threads": args.threads, "inter_op": args.inter_op,
+        "batch": args.batch, "sizes": args.sizes, "inference": [], "training": [], "notes": [],
+        "child_env": {k: v for k, v in child_env(args.threads, args.inter_op).items() if "THREADS" in k},
+    }  # fmt: skip
+    measure_ceiling(args, record)
+    if not args.skip_inference:
+        export_dir = args.export_dir or export_for_benchmark(args, record)
+        measure_inference(args, record, export_dir)
+    if not args.skip_training:
+        measure_training(args, record)
+    add_ratios(record)
+    record["total_seconds"] = round(time.perf_counter() - START, 1)
+    text = table(record)
+    print(text)
+    path = results.write(args.name, "Speed: mgn_tf and its artefacts against PyTorch and the fp32 ceiling",
+        record, text, notes(record, args))  # fmt: skip
+    progress(f"results: {path} ({record['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child_main(sys.argv[2])
+    else:
+        main(sys.argv[1:])
