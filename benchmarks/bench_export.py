@@ -28,9 +28,23 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "/tmp/mgn_bench_export", "Output directory (artefacts and bench_export.json).")
 flags.DEFINE_integer("num_classes", 751, "Classifier width of the benchmark model (Market-1501 train ids).")
 flags.DEFINE_string("parity_images", None, "Image folder for the parity batch (default: generated images).")
+flags.DEFINE_string("calibration_images", None, "Static int8 calibration folder (default: generated).")
 flags.DEFINE_float("speed_seconds", 3.0, "Minimum seconds to time each runtime.")
 flags.DEFINE_bool("onnx_default_route", False, "Also measure tf2onnx's peak RSS with the default protobuf.")
 flags.DEFINE_float("memory_wait_s", 600, "How long to wait for free memory before each ONNX conversion.")
+
+
+def _calibration(size):
+    """The static int8 calibration images: a seeded sample of --calibration_images, else generated."""
+    import numpy as np
+
+    from mgn_tf.export import parity, quantize
+
+    if FLAGS.calibration_images:
+        return quantize.calibration_from_folder(FLAGS.calibration_images, size, 64, seed=0)
+    batch = parity.parity_batch(size, None, 32, seed=1)
+    files = [f"<generated {i}>" for i in range(len(batch.pixels))]
+    return quantize.Calibration(np.asarray(batch.pixels, np.float32), files, "generated images (seed 1)")
 
 
 def main(argv: list[str]) -> None:
@@ -50,6 +64,7 @@ def main(argv: list[str]) -> None:
     report = exporter.export_all(
         model,
         out,
+        calibration=_calibration((384, 128)),
         parity_images=FLAGS.parity_images,
         parity_count=8,
         speed_seconds=FLAGS.speed_seconds,

@@ -27,7 +27,9 @@ ARTEFACTS = {
     "tflite_fp32": ("mgn_fp32.tflite", "tflite", "float32"),
     "tflite_fp16": ("mgn_fp16.tflite", "tflite", "float16"),
     "tflite_int8": ("mgn_int8.tflite", "tflite", "int8"),
+    "tflite_int8_static": ("mgn_int8_static.tflite", "tflite", "int8 static"),
     "onnx": ("mgn.onnx", "onnx", "float32"),
+    "onnx_int8_static": ("mgn_int8_static.onnx", "onnx", "int8 static"),
 }
 
 
