@@ -144,6 +144,10 @@ class Embedder:
             features = (features + mirrored) / 2
         return l2_normalize(features) if normalize else features
 
+    def expect(self, num_runs: int) -> None:
+        """Told that about `num_runs` images (flipped copies counted) are coming, in one or many calls:
+        an embedder with a fixed start-up cost that pays off only over many images may pay it now."""
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -229,34 +233,55 @@ def load_training_model(path: str | os.PathLike, input_size: Sequence[int] | Non
 class KerasEmbedder(Embedder):
     """A `build_mgn` model (or its embedding model) in this process, as one compiled function.
 
-    `frozen` (default): the function runs on a snapshot of the weights as graph constants, which lets
-    TensorFlow's graph optimizer fold every inference BatchNorm into its convolution and fuse
-    convolution, bias and ReLU into one kernel; with the weights as variables it can do neither, and the
-    graph runs at about half the speed. Weights changed after construction are not seen (build a new
-    embedder). `frozen=False` runs the model on its variables, exactly as Keras does (the export's parity
-    reference).
+    Frozen, the function runs on a snapshot of the weights as graph constants, which lets TensorFlow's
+    graph optimizer fold every inference BatchNorm into its convolution and fuse convolution, bias and
+    ReLU into one kernel; on variables it can do neither and runs markedly slower. Freezing costs a
+    fixed time (converting the graph, optimising it on the first call) that only pays off over a few
+    thousand images, so `frozen=None` (default) freezes once one `embed` call, or the count announced
+    with `expect`, has at least `FREEZE_MIN_IMAGES` images to run (flipped copies counted). A frozen
+    embedder does not see weights changed later (build a new one). `frozen=False` always runs on the
+    variables, exactly as Keras does (the export's parity reference); `frozen=True` freezes at once.
     """
 
     format = "keras"
+    FREEZE_MIN_IMAGES = 2000
 
-    def __init__(self, model, path: Path, flip_norm: bool = False, frozen: bool = True):
+    def __init__(self, model, path: Path, flip_norm: bool = False, frozen: bool | None = None):
         import tensorflow as tf
 
         from mgn_tf.model import embedding_model
 
         super().__init__(path, model.input_shape[1:3], False, flip_norm)
         self.model = embedding_model(model) if isinstance(model.output, dict) else model
-        self.frozen = frozen
+        self._freeze_allowed = frozen is not False
         spec = tf.TensorSpec([None, *self.input_size, 3], tf.float32)
-        function = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+        self._function = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+        self._fn = self._function
+        self.frozen = False
         if frozen:
-            # TensorFlow's public way to freeze a function (what tf.lite and tf2onnx use), not exported.
-            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+            self.freeze()
 
-            constant = convert_variables_to_constants_v2(function.get_concrete_function())
-            self._fn = lambda batch: tf.nest.flatten(constant(tf.constant(batch)))[0]
-        else:
-            self._fn = function
+    def freeze(self) -> None:
+        """From now on, run on a snapshot of the current weights as constants."""
+        if self.frozen:
+            return
+        import tensorflow as tf
+
+        # TensorFlow's way to freeze a function (what the TFLite and ONNX converters use); not exported.
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        constant = convert_variables_to_constants_v2(self._function.get_concrete_function())
+        self._fn = lambda batch: tf.nest.flatten(constant(tf.constant(batch)))[0]
+        self.frozen = True
+
+    def expect(self, num_runs: int) -> None:
+        if self._freeze_allowed and num_runs >= self.FREEZE_MIN_IMAGES:
+            self.freeze()
+
+    def embed(self, images, batch_size: int = 32, **kwargs) -> np.ndarray:
+        flip = self.flip_norm if kwargs.get("flip") is None else kwargs["flip"]
+        self.expect(len(images) * (2 if flip else 1))
+        return super().embed(images, batch_size, **kwargs)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._fn(batch).numpy()

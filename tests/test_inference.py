@@ -181,3 +181,21 @@ def test_a_gallery_built_from_the_run_accepts_its_float32_exports(exported, quer
     other = inference.load(make_run_dir(exported.out.parent / "other_model", seed=7))
     with pytest.raises(GalleryError, match="not the model that built the index"):
         Gallery.load(exported.out.parent / "gallery_mgn.onnx", other)
+
+
+def test_keras_embedder_freezes_for_large_jobs_and_still_embeds_like_keras(exported, truth, query_files):
+    """The frozen graph (BatchNorm folded into the convolutions) embeds like the Keras model; it is
+    built only for a job of at least FREEZE_MIN_IMAGES runs (here lowered to 8), counted with flips."""
+    from mgn_tf.inference import KerasEmbedder
+
+    embedder = KerasEmbedder(truth.model, exported.run_dir)
+    embedder.FREEZE_MIN_IMAGES = 8
+    pixels = load_images(query_files, INPUT_SIZE)  # 6 images
+    assert_close(embedder.embed(pixels), truth(pixels))
+    assert not embedder.frozen  # 6 runs
+    assert_close(embedder.embed(pixels, flip=True, normalize=True), truth(pixels, flip_norm=True))
+    assert embedder.frozen  # 12 runs
+    assert_close(embedder.embed(pixels), truth(pixels))
+    never = KerasEmbedder(truth.model, exported.run_dir, frozen=False)
+    never.expect(10**6)
+    assert not never.frozen

@@ -152,6 +152,7 @@ def embed_files(
     from mgn_tf.images import unreadable
 
     outputs, kept, skipped = [], [], []
+    embedder.expect(len(paths) * (2 if flip else 1))  # embedded in chunks: say how many in all
     with tqdm(total=len(paths), desc=description, unit="img", disable=not progress) as bar:
         for a in range(0, len(paths), EMBED_CHUNK):
             chunk = list(paths[a : a + EMBED_CHUNK])
