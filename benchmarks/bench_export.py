@@ -36,15 +36,11 @@ flags.DEFINE_float("memory_wait_s", 600, "How long to wait for free memory befor
 
 def _calibration(size):
     """The static int8 calibration images: a seeded sample of --calibration_images, else generated."""
-    import numpy as np
-
-    from mgn_tf.export import parity, quantize
+    from mgn_tf.export import quantize
 
     if FLAGS.calibration_images:
         return quantize.calibration_from_folder(FLAGS.calibration_images, size, 64, seed=0)
-    batch = parity.parity_batch(size, None, 32, seed=1)
-    files = [f"<generated {i}>" for i in range(len(batch.pixels))]
-    return quantize.Calibration(np.asarray(batch.pixels, np.float32), files, "generated images (seed 1)")
+    return quantize.generated_calibration(size, 32)
 
 
 def main(argv: list[str]) -> None:

@@ -240,6 +240,27 @@ def _fit_segments(start: int, steps_per_epoch: int, epochs: int, frozen_epochs: 
     return segments
 
 
+def compile_trainer(mgn: keras.Model, config: TrainConfig, steps_per_epoch: int) -> MGNTrainer:
+    """The training wrapper of `mgn` with the config's losses, schedule and optimizer, compiled and with
+    the optimizer's state built (call inside the strategy's scope)."""
+    trainer = MGNTrainer(
+        mgn, config.margin, config.softmax_weight, config.triplet_weight, config.label_smoothing
+    )
+    schedule = learning_rate_schedule(
+        config.lr, steps_per_epoch, config.epochs, config.lr_schedule, config.lr_decay_epochs,
+        config.lr_decay_factor, config.warmup_epochs, config.warmup_factor,
+    )  # fmt: skip
+    factors = {path: config.new_layer_lr_factor for path in new_variable_paths(mgn)}
+    optimizer = make_optimizer(
+        config.optimizer, schedule, config.momentum, config.weight_decay,
+        lr_factors=factors if config.new_layer_lr_factor != 1 else None,
+    )  # fmt: skip
+    trainer.compile(optimizer=optimizer, jit_compile=config.xla)
+    # Every variable, frozen ones included: the optimizer keeps their state across the unfreezing.
+    trainer.optimizer.build(trainer.trainable_variables)
+    return trainer
+
+
 def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
     """Trains (or resumes) the run in `config.run_dir`; returns the final evaluation's results.json
     content ({} without evaluation; {dataset name: results} when several datasets are evaluated).
@@ -307,21 +328,7 @@ def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None 
                 f"(new, {num_classes} identities)",
                 flush=True,
             )
-        trainer = MGNTrainer(
-            mgn, config.margin, config.softmax_weight, config.triplet_weight, config.label_smoothing
-        )
-        schedule = learning_rate_schedule(
-            config.lr, steps_per_epoch, config.epochs, config.lr_schedule, config.lr_decay_epochs,
-            config.lr_decay_factor, config.warmup_epochs, config.warmup_factor,
-        )  # fmt: skip
-        factors = {path: config.new_layer_lr_factor for path in new_variable_paths(mgn)}
-        optimizer = make_optimizer(
-            config.optimizer, schedule, config.momentum, config.weight_decay,
-            lr_factors=factors if config.new_layer_lr_factor != 1 else None,
-        )  # fmt: skip
-        trainer.compile(optimizer=optimizer, jit_compile=config.xla)
-        # Every variable, frozen ones included: the optimizer keeps their state across the unfreezing.
-        trainer.optimizer.build(trainer.trainable_variables)
+        trainer = compile_trainer(mgn, config, steps_per_epoch)
 
     start = 0
     if latest is not None:

@@ -171,6 +171,9 @@ def wants_static() -> bool:
     )
 
 
+_SPLITS: dict = {}  # (dataset, root, options) -> Split, read once per command
+
+
 def _run_split(run: RunFiles, dataset: str | None, data_dir: str | None):
     """The Split of `dataset` at `data_dir` (default: the run's); raises ConfigError naming the flags."""
     from mgn_tf.data.datasets import DatasetLayoutError, dataset_options, load_dataset
@@ -183,7 +186,10 @@ def _run_split(run: RunFiles, dataset: str | None, data_dir: str | None):
     recorded = run.config.get("dataset_options") or {}
     try:
         options = {k: v for k, v in recorded.items() if k in dataset_options(name)}
-        return load_dataset(name, root, **options)
+        key = (name, str(root), tuple(sorted(options.items())))
+        if key not in _SPLITS:  # calibration and the accuracy check both default to the run's dataset
+            _SPLITS[key] = load_dataset(name, root, **options)
+        return _SPLITS[key]
     except (DatasetLayoutError, ValueError, OSError) as exc:
         raise ConfigError(f"{where}: {summary(exc)}") from exc
 

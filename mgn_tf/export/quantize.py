@@ -65,6 +65,16 @@ def calibration_from_folder(folder: str | Path, size: tuple[int, int], count: in
     return calibration_from_files(image_files(folder), size, count, seed, str(folder))
 
 
+def generated_calibration(size: tuple[int, int], count: int, seed: int = 1) -> Calibration:
+    """Generated images (the parity check's smooth colour fields), for speed checks without real images:
+    the resulting ranges say nothing about accuracy."""
+    from mgn_tf.export.parity import parity_batch
+
+    pixels = np.asarray(parity_batch(size, None, count, seed=seed).pixels, np.float32)
+    files = [f"<generated {i}>" for i in range(count)]
+    return Calibration(pixels, files, f"{count} generated images (seed {seed})")
+
+
 # ------------------------------------------------------------------------------------------------ ONNX
 
 
