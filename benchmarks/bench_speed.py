@@ -575,7 +575,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--calibration_images", help="Image folder for the exported static int8 variants.")
     parser.add_argument("--calibration_count", type=int, default=32, help="Calibration images.")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--inter_op", type=int, default=1, help="Inter-op threads (TF, torch, ORT).")
+    parser.add_argument(
+        "--inter_op", type=int,
+        help="Inter-op threads (TF, torch, ORT); default --threads, what TF and torch start on a machine "
+        "of that many cores, so that mgn_tf is timed as evaluate, search and train run it.",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=8, help="Inference batch size.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Minimum timed seconds per measurement.")
     parser.add_argument("--sizes", nargs="+", default=["96x32", "384x128"], help="Input sizes HxW.")
@@ -591,6 +595,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--child_timeout", type=float, default=3600)
     parser.add_argument("--name", default="bench_speed", help="Result file name under docs/results.")
     args = parser.parse_args(argv)
+    args.inter_op = args.threads if args.inter_op is None else args.inter_op
     args.sizes = [size_name(parse_size(s)) for s in args.sizes]
     args.pk = dict(item.split("=") for item in args.pk)
     return args
