@@ -39,6 +39,9 @@ THREAD_ENV = (
 )  # fmt: skip
 DEFAULT_PK = {"96x32": "8x4", "384x128": "4x4"}
 REFERENCE = "pytorch eager channels_last"
+# The run directory's row (what evaluate and search run) and the artefacts that are not float32.
+RUN_DIR = "mgn_tf keras (run dir"
+LOWER_PRECISION = ("fp16", "int8")
 # Backward costs about twice the forward: a training step is ~3 forward passes of arithmetic.
 TRAIN_FLOP_FACTOR = 3
 START = time.perf_counter()
@@ -212,8 +215,10 @@ def task_keras_infer(task: dict) -> dict:
 
     size = parse_size(task["size"])
     model = distinct_fresh_model(task["num_classes"], size, seed=0)
-    embedder = KerasEmbedder(model, Path("<keras>"), frozen=task["frozen"])
-    return _time_embedder(embedder, task)
+    embedder = KerasEmbedder(
+        model, Path("<keras>"), frozen=task["frozen"], runtime=task.get("runtime", "auto")
+    )
+    return {**_time_embedder(embedder, task), "engine": embedder.engine}
 
 
 def _time_embedder(embedder, task: dict) -> dict:
@@ -226,29 +231,22 @@ def _time_embedder(embedder, task: dict) -> dict:
     }
 
 
-def _artefact_embedder(path: Path, threads: int, inter_op: int):
-    """mgn_tf.inference's embedder of `path`, held to `threads`: TFLiteEmbedder takes a thread count,
-    OnnxEmbedder does not, so its session is re-created with the same options otherwise."""
-    from mgn_tf.inference import TFLiteEmbedder, load
+def _artefact_embedder(path: Path, threads: int):
+    """mgn_tf.inference's embedder of `path`, held to `threads` (a SavedModel: TensorFlow's pools)."""
+    from mgn_tf.inference import OnnxEmbedder, TFLiteEmbedder, load
 
     if path.suffix == ".tflite":
         return TFLiteEmbedder(path, num_threads=threads), {"tflite_num_threads": threads}
-    embedder = load(path)
-    if embedder.format != "onnx":
-        return embedder, {}
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, inter_op
-    embedder.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return embedder, {"ort_intra_op_num_threads": threads, "ort_inter_op_num_threads": inter_op}
+    if path.suffix == ".onnx":
+        return OnnxEmbedder(path, num_threads=threads), {"ort_intra_op_num_threads": threads}
+    return load(path), {}
 
 
 def task_artefact_infer(task: dict) -> dict:
     path = Path(task["path"])
     if path.is_dir():  # a SavedModel: TensorFlow's thread pools (the others never import TensorFlow)
         _tf_threads(task)
-    embedder, settings = _artefact_embedder(path, task["threads"], task["inter_op"])
+    embedder, settings = _artefact_embedder(path, task["threads"])
     return {**_time_embedder(embedder, task), "settings": settings}
 
 
@@ -435,11 +433,18 @@ def measure_inference(args, record: dict, export_dir: Path | None) -> None:
         for runtime, task in (
             ("pytorch eager NCHW", {"kind": "torch_infer", "channels_last": False}),
             (REFERENCE, {"kind": "torch_infer", "channels_last": True}),
-            ("mgn_tf keras (run dir: evaluate, search)", {"kind": "keras_infer", "frozen": True}),
+            (f"{RUN_DIR}: evaluate, search)", {"kind": "keras_infer", "frozen": True}),
+            (
+                "mgn_tf keras, runtime native (TensorFlow frozen)",
+                {"kind": "keras_infer", "frozen": True, "runtime": "native"},
+            ),
             ("mgn_tf keras on variables", {"kind": "keras_infer", "frozen": False}),
         ):
             progress(f"inference {runtime} {name} batch {args.batch}")
-            rows.append({"runtime": runtime, **run_child({**task, **common, "size": name}, args)})
+            result = run_child({**task, **common, "size": name}, args)
+            if task["kind"] == "keras_infer" and task["frozen"] and "runtime" not in task:
+                runtime = runtime.replace(")", f": {result.get('engine', '?')})")
+            rows.append({"runtime": runtime, **result})
     if export_dir is None:
         return
     artefacts = find_artefacts(export_dir)
@@ -509,6 +514,23 @@ def add_ratios(record: dict) -> None:
         row["vs_ceiling"] = ceiling / row["seconds_per_step"] if ceiling else None
 
 
+def run_dir_vs_best_fp32(record: dict) -> dict:
+    """Per size: the run directory's images/s (what evaluate and search run) over the best float32
+    runtime's in this run (every runtime but the fp16 / int8 artefacts)."""
+    out = {}
+    rows = [r for r in record["inference"] if "images_per_second" in r]
+    for size in sorted({r["size"] for r in rows}):
+        fp32 = [r for r in rows if r["size"] == size and not any(p in r["runtime"] for p in LOWER_PRECISION)]
+        run_dir = [r for r in fp32 if r["runtime"].startswith(RUN_DIR)]
+        if run_dir and fp32:
+            best = max(fp32, key=lambda r: r["images_per_second"])
+            out[size] = {
+                "run_dir": run_dir[0]["runtime"], "best_fp32": best["runtime"],
+                "ratio": run_dir[0]["images_per_second"] / best["images_per_second"],
+            }  # fmt: skip
+    return out
+
+
 def _ratio(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else "-"
 
@@ -553,7 +575,7 @@ def notes(record: dict, args) -> str:
         "The ceiling is fp32's: float16 / int8 artefacts can exceed it.",
         f"Every measurement in a fresh child process: {', '.join(THREAD_ENV)}={args.threads}, "
         f"TF intra-op {args.threads} / inter-op {args.inter_op}, torch.set_num_threads({args.threads}), "
-        f"ORT intra-op {args.threads} (session re-created: OnnxEmbedder has no thread option), TFLite "
+        f"ORT intra-op {args.threads}, TFLite "
         f"num_threads={args.threads}, OpenVINO INFERENCE_NUM_THREADS={args.threads} with f32 precision.",
         "vs PyTorch: inference images/s over PyTorch eager channels_last's at the same size; training "
         "PyTorch s/step over this s/step (>1: faster than PyTorch). PyTorch MGN: benchmarks/torch_mgn.py "
@@ -562,6 +584,10 @@ def notes(record: dict, args) -> str:
         "median: of the median call (per-call times in the JSON: other processes on the machine show there).",
         f"Training: {args.train_warmup} warm-up steps, then at least {args.train_steps} steps and "
         f"{args.seconds} s; mgn_tf through engine.train's trainer construction and Keras fit.",
+        *[
+            f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})."
+            for size, v in record["run_dir_vs_best_fp32"].items()
+        ],
         *record["notes"],
     ]
     return "\n\n".join(parts)
@@ -654,6 +680,7 @@ def main(argv: list[str]) -> None:
     if not args.skip_training:
         measure_training(args, record)
     add_ratios(record)
+    record["run_dir_vs_best_fp32"] = run_dir_vs_best_fp32(record)
     record["total_seconds"] = round(time.perf_counter() - START, 1)
     text = table(record)
     print(text)

@@ -24,6 +24,7 @@ from mgn_tf.flags import (
     dataset_options_from_flags,
     define_data_flags,
     define_eval_flags,
+    define_runtime_flag,
     define_train_flags,
     eval_settings_from_flags,
     input_size_from_flags,
@@ -36,7 +37,7 @@ def define_flags() -> list[str]:
     """The data and evaluation flags (listed by --help), the training ones (accepted), and this tool's."""
     names = define_data_flags(input_size=None)
     define_train_flags()
-    names += define_eval_flags()
+    names += define_eval_flags() + define_runtime_flag()
     before = set(F)
     flags.DEFINE_string(
         "weights",
@@ -66,6 +67,7 @@ class EvalJob:
     out_dir: Path
     save_features: str | None
     load_features: str | None
+    runtime: str  # mgn_tf.inference.RUNTIMES
     explicit: frozenset[str]  # flags given on the command line or in a flagfile
 
 
@@ -98,6 +100,7 @@ def job_from_flags() -> EvalJob:
         out_dir=Path(F.out_dir or Path(F.run_dir) / EVAL_DIR),
         save_features=F.save_features,
         load_features=F.load_features,
+        runtime=F.runtime,
         explicit=frozenset(name for name in F if F[name].present),
     )
 
@@ -144,12 +147,16 @@ def evaluate_model(job: EvalJob, settings: EvalSettings) -> dict:
     check_split(split, settings)
     print(split.summary(), flush=True)
     try:
-        embedder = inference.load(job.weights, input_size=job.input_size, flip_norm=False)
+        embedder = inference.load(
+            job.weights, input_size=job.input_size, flip_norm=False, runtime=job.runtime
+        )
     except inference.InputSizeError as exc:
         height, width = exc.requested
         raise ConfigError(
             f"--input_height={height} --input_width={width}: {exc} (leave them out to use the model's size)"
         ) from exc
+    except inference.RuntimeChoiceError as exc:
+        raise ConfigError(f"--runtime={job.runtime}: {exc}") from exc
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise ConfigError(f"--weights={job.weights}: {exc}") from exc
     print(f"Loaded {embedder}", flush=True)

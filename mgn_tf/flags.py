@@ -267,6 +267,22 @@ def define_eval_flags() -> list[str]:
     return _names_defined_by(define)
 
 
+def define_runtime_flag() -> list[str]:
+    """--runtime of the tools that run a model (evaluate, search)."""
+    from mgn_tf.inference import RUNTIMES
+
+    flags.DEFINE_enum(
+        "runtime",
+        "auto",
+        list(RUNTIMES),
+        "What runs the model. native: each format's own runtime (TensorFlow, LiteRT, onnxruntime). "
+        "openvino: OpenVINO in float32, for a run's weights (converted in memory) or an .onnx file "
+        "(pip install 'mgn_tf[openvino]'). auto: native, except that a run's model embedding a large job "
+        "runs with OpenVINO when it is installed.",
+    )
+    return ["runtime"]
+
+
 def dataset_options_from_flags() -> dict:
     """Reader options of the chosen --dataset (of each, for a comma list)."""
     per_dataset = {

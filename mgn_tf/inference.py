@@ -4,12 +4,19 @@
     embedder = load("exported/mgn/1")              # SavedModel (TF Serving layout, base or version dir)
     embedder = load("exported/mgn_fp16.tflite")    # TFLite (ai-edge-litert)
     embedder = load("exported/mgn.onnx")           # ONNX (onnxruntime)
+    embedder = load("runs/market", runtime="openvino")  # a run or an .onnx file run by OpenVINO
     features = embedder.embed(["a.jpg", "b.png"])  # or a uint8/float array [N, H, W, 3], RGB 0..255
 
 Every embedder returns float32 [N, 2048] embeddings of raw RGB 0..255 images: preprocessing is part of
 the model. File paths are read and decoded in parallel by `mgn_tf.images` at the model's input size;
 arrays must already have that size (they are never resized silently). This is the only place that runs a
 model for embeddings: evaluation, training's final evaluation and the export parity check all use it.
+
+Runtimes (`runtime=`): "native" runs each format with its own runtime (TensorFlow for Keras weights and
+SavedModels, LiteRT for .tflite, onnxruntime for .onnx). "openvino" runs Keras weights (converted in
+memory from the model's graph, in float32) or an .onnx file with OpenVINO, the fastest float32 CPU
+runtime (`pip install mgn_tf[openvino]`). "auto" (default) is "native", except that a Keras model
+embedding a large job (see `KerasEmbedder`) runs it with OpenVINO when that is installed.
 """
 
 from __future__ import annotations
@@ -36,6 +43,43 @@ from mgn_tf.errors import summary
 from mgn_tf.evaluation.metrics import l2_normalize
 from mgn_tf.geometry import InputSize, check_input_size
 
+RUNTIMES = ("auto", "native", "openvino")
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+class RuntimeChoiceError(ValueError):
+    """A runtime that is unknown, not installed, or cannot run the given model format."""
+
+
+def check_runtime(runtime: str) -> None:
+    """RuntimeChoiceError for an unknown runtime, or "openvino" when OpenVINO is not installed."""
+    if runtime not in RUNTIMES:
+        raise RuntimeChoiceError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "openvino" and not openvino_available():
+        raise RuntimeChoiceError("OpenVINO is not installed (pip install 'mgn_tf[openvino]')")
+
+
+def openvino_function(model, num_threads: int | None = None):
+    """An OpenVINO model (ov.Model, or a path it reads) compiled for this CPU in float32, as a function
+    float32 batch -> numpy output. Float32 explicitly: on CPUs with AMX or AVX512-BF16 OpenVINO would
+    otherwise infer in bfloat16. Threads: `num_threads`, else TensorFlow's intra-op setting when one is
+    set (the budget TensorFlow would use), else OpenVINO's default (every core)."""
+    import openvino as ov
+    import tensorflow as tf
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    threads = num_threads or tf.config.threading.get_intra_op_parallelism_threads()
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    # copy: the output array may be the request's own buffer, overwritten by the next call.
+    return lambda batch: np.array(request.infer({0: batch})[0], np.float32, copy=True)
+
 
 class InputSizeError(ValueError):
     """An exported model was asked to run at another input size than the one it was exported for."""
@@ -58,10 +102,12 @@ class Embedder:
         artefact itself when it was exported with --bake_flip_norm, else on the host when
         `load(..., flip_norm=True)`).
       baked_flip_norm: whether the artefact flip-averages and normalises inside (cannot be undone).
+      engine: the runtime that runs it ("tensorflow", "litert", "onnxruntime", "openvino", ...).
       path: what was loaded. load_seconds: how long `load` took (None when built directly).
     """
 
     format: str = ""
+    engine: str = ""
 
     def __init__(self, path: Path, input_size: Sequence[int], baked_flip_norm: bool, flip_norm: bool):
         self.path = path
@@ -72,7 +118,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(format={self.format!r}, path='{self.path}', "
+            f"{type(self).__name__}(format={self.format!r}, engine={self.engine!r}, path='{self.path}', "
             f"input_size={self.input_size}, flip_norm={self.flip_norm})"
         )
 
@@ -233,45 +279,63 @@ def load_training_model(path: str | os.PathLike, input_size: Sequence[int] | Non
 class KerasEmbedder(Embedder):
     """A `build_mgn` model (or its embedding model) in this process, as one compiled function.
 
-    Frozen, the function runs on a snapshot of the weights as graph constants, which lets TensorFlow's
-    graph optimizer fold every inference BatchNorm into its convolution and fuse convolution, bias and
-    ReLU into one kernel; on variables it can do neither and runs markedly slower. Freezing costs a
-    fixed time (converting the graph, optimising it on the first call) that only pays off over a few
-    thousand images, so `frozen=None` (default) freezes once one `embed` call, or the count announced
-    with `expect`, has at least `FREEZE_MIN_IMAGES` images to run (flipped copies counted). A frozen
-    embedder does not see weights changed later (build a new one). `frozen=False` always runs on the
-    variables, exactly as Keras does (the export's parity reference); `frozen=True` freezes at once.
+    Frozen, it runs a snapshot of the weights, either as a TensorFlow graph with the weights as
+    constants (which lets TensorFlow's graph optimizer fuse BatchNorm and ReLU into the kernels) or,
+    with OpenVINO (`runtime`), as that graph converted in memory and compiled in float32; on variables
+    TensorFlow can do neither and runs markedly slower. Freezing costs a fixed time (converting the
+    graph, optimising it on the first call) that only pays off over many images, so `frozen=None`
+    (default) freezes once one `embed` call, or the count announced with `expect`, has at least
+    `FREEZE_MIN_IMAGES` images to run (flipped copies counted). A frozen embedder does not see weights
+    changed later (build a new one). `frozen=False` always runs on the variables, exactly as Keras does
+    (the export's parity reference); `frozen=True` freezes at once.
+
+    `runtime`: "auto" freezes with OpenVINO when it is installed, else with TensorFlow; "native" always
+    with TensorFlow; "openvino" with OpenVINO, at once. `engine` says what runs the model now.
     """
 
     format = "keras"
     FREEZE_MIN_IMAGES = 2000
 
-    def __init__(self, model, path: Path, flip_norm: bool = False, frozen: bool | None = None):
+    def __init__(
+        self, model, path: Path, flip_norm: bool = False, frozen: bool | None = None, runtime: str = "auto"
+    ):
         import tensorflow as tf
 
         from mgn_tf.model import embedding_model
 
+        check_runtime(runtime)
+        if runtime == "openvino" and frozen is False:
+            raise RuntimeChoiceError("OpenVINO runs a frozen snapshot of the weights, not frozen=False")
         super().__init__(path, model.input_shape[1:3], False, flip_norm)
         self.model = embedding_model(model) if isinstance(model.output, dict) else model
+        self.runtime = runtime
         self._freeze_allowed = frozen is not False
         spec = tf.TensorSpec([None, *self.input_size, 3], tf.float32)
         self._function = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
-        self._fn = self._function
+        self._fn = lambda batch: self._function(batch).numpy()
         self.frozen = False
-        if frozen:
+        self.engine = "tensorflow"
+        if frozen or runtime == "openvino":
             self.freeze()
 
     def freeze(self) -> None:
-        """From now on, run on a snapshot of the current weights as constants."""
+        """From now on, run on a snapshot of the current weights (TensorFlow constants or OpenVINO)."""
         if self.frozen:
             return
         import tensorflow as tf
 
-        # TensorFlow's way to freeze a function (what the TFLite and ONNX converters use); not exported.
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        if self.runtime == "openvino" or (self.runtime == "auto" and openvino_available()):
+            import openvino as ov
 
-        constant = convert_variables_to_constants_v2(self._function.get_concrete_function())
-        self._fn = lambda batch: tf.nest.flatten(constant(tf.constant(batch)))[0]
+            self._fn = openvino_function(ov.convert_model(self._function.get_concrete_function()))
+            self.engine = "openvino"
+        else:
+            # TensorFlow's way to freeze a function (what the TFLite and ONNX converters use); not exported.
+            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+            constant = convert_variables_to_constants_v2(self._function.get_concrete_function())
+            self._fn = lambda batch: tf.nest.flatten(constant(tf.constant(batch)))[0].numpy()
+            self.engine = "tensorflow frozen"
         self.frozen = True
 
     def expect(self, num_runs: int) -> None:
@@ -284,7 +348,7 @@ class KerasEmbedder(Embedder):
         return super().embed(images, batch_size, **kwargs)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._fn(batch).numpy()
+        return self._fn(batch)
 
 
 # ------------------------------------------------------------------------------------------ savedmodel
@@ -294,6 +358,7 @@ class SavedModelEmbedder(Embedder):
     """A SavedModel's `embed` signature (float32 [N, H, W, 3] -> {"embedding": [N, D]})."""
 
     format = "savedmodel"
+    engine = "tensorflow"
 
     def __init__(self, path: Path, flip_norm: bool = False):
         import tensorflow as tf
@@ -321,6 +386,7 @@ class TFLiteEmbedder(Embedder):
     """A .tflite model run with ai-edge-litert; a dynamic batch is resized, a fixed one padded."""
 
     format = "tflite"
+    engine = "litert"
 
     def __init__(self, path: Path, flip_norm: bool = False, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -361,35 +427,60 @@ class TFLiteEmbedder(Embedder):
 
 
 class OnnxEmbedder(Embedder):
-    """An .onnx model run with onnxruntime (CPU)."""
+    """An .onnx model run with onnxruntime (CPU), or with OpenVINO (`openvino=True`); `num_threads`
+    holds either to that many threads (default: the runtime's, every core)."""
 
     format = "onnx"
 
-    def __init__(self, path: Path, flip_norm: bool = False):
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (model_input,) = self.session.get_inputs()
-        self._input_name = model_input.name
-        self._output_name = self.session.get_outputs()[0].name
-        height, width = model_input.shape[1:3]
+    def __init__(
+        self, path: Path, flip_norm: bool = False, openvino: bool = False, num_threads: int | None = None
+    ):
+        if openvino:
+            shape, meta = self._open_openvino(path, num_threads)
+        else:
+            shape, meta = self._open_onnxruntime(path, num_threads)
+        height, width = shape[1:3]
         if not (isinstance(height, int) and isinstance(width, int)):
-            raise ValueError(
-                f"{path}: input {model_input.name} has no fixed height/width ({model_input.shape})"
-            )
-        meta = self.session.get_modelmeta().custom_metadata_map
-        baked = json.loads(meta.get(EXPORT_INFO_NAME, "{}")).get("flip_norm", False)
+            raise ValueError(f"{path}: the input has no fixed height/width ({shape})")
+        baked = json.loads(meta or "{}").get("flip_norm", False)
         super().__init__(path, (height, width), bool(baked), flip_norm)
 
+    def _open_onnxruntime(self, path: Path, num_threads: int | None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or 0
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        (model_input,) = session.get_inputs()
+        output_name = session.get_outputs()[0].name
+        self._run_batch = lambda batch: session.run([output_name], {model_input.name: batch})[0]
+        self.engine = "onnxruntime"
+        return model_input.shape, session.get_modelmeta().custom_metadata_map.get(EXPORT_INFO_NAME)
+
+    def _open_openvino(self, path: Path, num_threads: int | None):
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
+        # OpenVINO keeps the ONNX metadata_props under "framework".
+        key = ["framework", EXPORT_INFO_NAME]
+        meta = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
+        self._run_batch = openvino_function(model, num_threads)
+        self.engine = "openvino"
+        return shape, meta
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self._output_name], {self._input_name: batch})[0]
+        return self._run_batch(batch)
 
 
 # ------------------------------------------------------------------------------------------------ load
 
 
 def load(
-    path: str | os.PathLike, input_size: Sequence[int] | None = None, flip_norm: bool = False
+    path: str | os.PathLike,
+    input_size: Sequence[int] | None = None,
+    flip_norm: bool = False,
+    runtime: str = "auto",
 ) -> Embedder:
     """Loads a training run or an exported model for embedding; the format follows from `path`.
 
@@ -402,19 +493,27 @@ def load(
         model it must equal the exported size (InputSizeError otherwise). None: the trained/exported size.
       flip_norm: return flip-averaged, L2-normalised embeddings by default. Computed on the host (two
         passes) unless the artefact already does it (exported with --bake_flip_norm).
+      runtime: "auto", "native" or "openvino" (module docstring); RuntimeChoiceError for "openvino"
+        with a SavedModel or a .tflite file, or when OpenVINO is not installed.
     """
     started = time.perf_counter()
+    check_runtime(runtime)
     path = Path(path)
     fmt = detect_format(path)
+    if runtime == "openvino" and fmt not in ("keras", "onnx"):
+        raise RuntimeChoiceError(
+            f"OpenVINO runs run directories, checkpoints, weights files and .onnx files, not a {fmt} "
+            f"model ({path}); export it to ONNX or use runtime auto"
+        )
     if fmt == "keras":
         model, _ = load_training_model(path, input_size)
-        embedder: Embedder = KerasEmbedder(model, path, flip_norm)
+        embedder: Embedder = KerasEmbedder(model, path, flip_norm, runtime=runtime)
     elif fmt == "savedmodel":
         embedder = SavedModelEmbedder(find_saved_model(path), flip_norm)
     elif fmt == "tflite":
         embedder = TFLiteEmbedder(path, flip_norm)
     else:
-        embedder = OnnxEmbedder(path, flip_norm)
+        embedder = OnnxEmbedder(path, flip_norm, openvino=runtime == "openvino")
     if input_size is not None and tuple(int(d) for d in input_size) != embedder.input_size:
         raise InputSizeError(path, embedder.input_size, (int(input_size[0]), int(input_size[1])))
     embedder.load_seconds = round(time.perf_counter() - started, 3)

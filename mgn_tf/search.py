@@ -39,6 +39,7 @@ LIST_SUFFIXES = (".txt", ".lst")
 
 def define_flags() -> list[str]:
     from mgn_tf.evaluation.settings import RerankParams
+    from mgn_tf.flags import define_runtime_flag
     from mgn_tf.gallery import knn
 
     before = set(F)
@@ -62,6 +63,7 @@ def define_flags() -> list[str]:
     flags.DEFINE_bool("normalize", True, "index: L2-normalise the features (distances are then in [0, 2]).")
     flags.DEFINE_bool("float16", False, "index: store the features as float16 (half the disk and memory).")
     flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
+    define_runtime_flag()
     flags.DEFINE_bool("progress", True, "Show progress bars.")
     flags.DEFINE_integer("top_k", 10, "query: matches per query.")
     flags.DEFINE_enum("backend", "exact", list(knn.BACKENDS), "query: nearest-neighbour search.")
@@ -128,7 +130,9 @@ def load_embedder(path: str, flag: str = "--weights"):
     if not Path(path).exists():
         raise ConfigError(f"{flag}={path}: does not exist")
     try:
-        return inference.load(path)
+        return inference.load(path, runtime=F.runtime)
+    except inference.RuntimeChoiceError as exc:
+        raise ConfigError(f"--runtime={F.runtime}: {exc}") from exc
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise ConfigError(f"{flag}={path}: {str(exc).strip().splitlines()[0]}") from exc
 

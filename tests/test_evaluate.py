@@ -215,12 +215,45 @@ def test_cli_ranked_response_maps_overlay_the_ranked_lists(market_flags, tmp_pat
         (["--multi_query=avg"], "--multi_query", "gt_bbox"),
         (["--k1=0"], "--k1", ""),
         (["--dataset=market1501,dukemtmc"], "--dataset", "one dataset at a time"),
+        (["--runtime=fastest"], "--runtime", "openvino"),
     ],
 )
 def test_cli_bad_input_exits_2_naming_the_flag(market_flags, tmp_path, args, flag, words):
     done = run_evaluate(*market_flags, f"--out_dir={tmp_path / 'out'}", *args, timeout=120)
     assert done.returncode == 2, done.stderr[-3000:]
     assert flag in done.stderr and words in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_openvino_runtime_extracts_the_same_features_and_says_so(evaluated, market_flags, tmp_path):
+    """--runtime=openvino converts the run's model and runs it in float32: the features of the default
+    (TensorFlow on this small split) within float32 rounding, the same ranking, the engine recorded."""
+    done, out, features = evaluated
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = run_evaluate(
+        *market_flags, "--runtime=openvino", f"--out_dir={tmp_path}", f"--save_features={tmp_path / 'f.npz'}",
+        "--norerank", "--num_ranked_queries=0",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = json.loads((out / "results.json").read_text())
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert (first["settings"]["engine"], second["settings"]["engine"]) == ("tensorflow", "openvino")
+    with np.load(features) as a, np.load(tmp_path / "f.npz") as b:
+        for key in ("query_features", "gallery_features"):
+            scale = np.abs(a[key]).max()
+            assert np.abs(a[key] - b[key]).max() <= 1e-4 * scale, key
+    for key in ("rank1", "rank5", "mAP"):
+        assert second["results"]["without_rerank"][key] == pytest.approx(
+            first["results"]["without_rerank"][key], abs=1e-6
+        ), key
+
+
+def test_cli_openvino_runtime_refuses_a_format_it_cannot_run(market_flags, tmp_path):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"not read: the runtime is checked first")
+    done = run_evaluate(*market_flags, f"--weights={model}", "--runtime=openvino", timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "--runtime=openvino: OpenVINO runs run directories" in done.stderr and "tflite" in done.stderr
     assert "Traceback" not in done.stderr
 
 

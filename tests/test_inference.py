@@ -183,19 +183,55 @@ def test_a_gallery_built_from_the_run_accepts_its_float32_exports(exported, quer
         Gallery.load(exported.out.parent / "gallery_mgn.onnx", other)
 
 
-def test_keras_embedder_freezes_for_large_jobs_and_still_embeds_like_keras(exported, truth, query_files):
-    """The frozen graph (BatchNorm folded into the convolutions) embeds like the Keras model; it is
-    built only for a job of at least FREEZE_MIN_IMAGES runs (here lowered to 8), counted with flips."""
+@pytest.mark.parametrize("runtime, engine", [("auto", "openvino"), ("native", "tensorflow frozen")])
+def test_keras_embedder_freezes_for_large_jobs_and_still_embeds_like_keras(
+    runtime, engine, exported, truth, query_files
+):
+    """The frozen snapshot (a TensorFlow graph with BatchNorm fused into the convolutions, or with
+    OpenVINO installed and runtime auto that graph compiled by OpenVINO) embeds like the Keras model on
+    variables; it is built only for a job of at least FREEZE_MIN_IMAGES runs (here lowered to 8),
+    counted with flips."""
     from mgn_tf.inference import KerasEmbedder
 
-    embedder = KerasEmbedder(truth.model, exported.run_dir)
+    embedder = KerasEmbedder(truth.model, exported.run_dir, runtime=runtime)
     embedder.FREEZE_MIN_IMAGES = 8
     pixels = load_images(query_files, INPUT_SIZE)  # 6 images
     assert_close(embedder.embed(pixels), truth(pixels))
-    assert not embedder.frozen  # 6 runs
+    assert (embedder.frozen, embedder.engine) == (False, "tensorflow")  # 6 runs
     assert_close(embedder.embed(pixels, flip=True, normalize=True), truth(pixels, flip_norm=True))
-    assert embedder.frozen  # 12 runs
-    assert_close(embedder.embed(pixels), truth(pixels))
+    assert (embedder.frozen, embedder.engine) == (True, engine)  # 12 runs
+    assert_close(embedder.embed(pixels[:5]), truth(pixels[:5]))  # another batch size
     never = KerasEmbedder(truth.model, exported.run_dir, frozen=False)
     never.expect(10**6)
     assert not never.frozen
+
+
+def test_openvino_runs_a_run_and_its_onnx_export_like_keras(exported, truth, query_files):
+    """runtime openvino: the run's weights (converted in memory, at once) and the .onnx export, whose
+    metadata (flip-averaging baked in) OpenVINO reads too."""
+    pixels = load_images(query_files, INPUT_SIZE)
+    run = inference.load(exported.run_dir, runtime="openvino")
+    assert (run.format, run.engine, run.frozen, run.input_size) == ("keras", "openvino", True, INPUT_SIZE)
+    assert_close(run.embed(query_files), truth(pixels))
+    onnx = inference.load(exported.out / "mgn.onnx", runtime="openvino")
+    assert (onnx.format, onnx.engine, onnx.input_size, onnx.flip_norm) == (
+        "onnx",
+        "openvino",
+        INPUT_SIZE,
+        True,
+    )
+    assert_close(onnx.embed(query_files), truth(pixels, flip_norm=True))
+    assert inference.load(exported.out / "mgn.onnx").engine == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    "relative, runtime, words",
+    [
+        ("mgn", "openvino", "not a savedmodel model"),
+        ("mgn_fp32.tflite", "openvino", "not a tflite model"),
+        ("mgn.onnx", "fastest", "runtime must be one of auto, native, openvino"),
+    ],
+)
+def test_a_runtime_that_cannot_run_the_model_is_refused(exported, relative, runtime, words):
+    with pytest.raises(inference.RuntimeChoiceError, match=words):
+        inference.load(exported.out / relative, runtime=runtime)

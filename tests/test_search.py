@@ -251,6 +251,8 @@ def _found(page: np.ndarray, thumb: np.ndarray) -> bool:
 
 
 def test_usage_errors_are_one_line(setup, indexed):
+    tflite = setup["root"] / "model.tflite"
+    tflite.write_bytes(b"not read: the runtime is checked first")
     cases = [
         (("query",), "--index"),
         (("nonsense",), "give a verb"),
@@ -267,6 +269,20 @@ def test_usage_errors_are_one_line(setup, indexed):
             "--top_k=0",
         ),
         (("index", "--index", str(setup["root"] / "new"), "--images", str(setup["gallery"])), "--weights"),
+        (
+            (
+                "index",
+                "--index",
+                str(setup["root"] / "new"),
+                "--images",
+                str(setup["gallery"]),
+                "--weights",
+                str(tflite),
+                "--runtime",
+                "openvino",
+            ),
+            "--runtime=openvino: OpenVINO runs run directories",
+        ),  # fmt: skip
     ]
     for args, message in cases:
         done = search(*args, check=False)

@@ -61,6 +61,11 @@ def extract_split_features(embedder: Embedder, split: Split, settings: EvalSetti
         )
         return out, round(time.perf_counter() - started, 3)
 
+    # Announced up front, so that query and gallery run on the same engine (a large job may freeze it).
+    runs = len(split.query) + len(split.gallery)
+    embedder.expect(runs * (2 if settings.eval_flip and not embedder.baked_flip_norm else 1))
+    if settings.progress:
+        print(f"Embedding with {embedder.engine}", flush=True)
     timings = {}
     qf, timings["query"] = features(split.query, "query")
     gf, timings["gallery"] = features(split.gallery, "gallery")
@@ -77,6 +82,7 @@ def extract_split_features(embedder: Embedder, split: Split, settings: EvalSetti
         "normalized_by_model": bool(baked),
         "input_size": list(embedder.input_size),
         "model_format": embedder.format,
+        "engine": embedder.engine,
         "weights": str(embedder.path),
         "dataset": split.name,
         "data_root": split.root,

@@ -184,6 +184,7 @@ def evaluate_features(
     record = {
         "weights": info.get("weights"),
         "model_format": info.get("model_format"),
+        "engine": info.get("engine"),
         "input_size": info.get("input_size"),
         "load_features": None if loaded_from is None else str(loaded_from),
         "save_features": None if save_features_to is None else str(save_features_to),
