@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_speed.py [--export_dir DIR] [--threads 2] [--batch 8] [--seconds 10]
         [--sizes 96x32 384x128] [--skip_training] [--noxla] [--calibration_images DIR]
 
-Needs the `bench` extra (torch; openvino optional). In one invocation, on this machine:
+Needs the `bench` extra (torch). In one invocation, on this machine:
   * the ceiling: numpy float32 matmul GFLOP/s at --threads, divided by the MGN forward GFLOP per image
     (conv / linear multiply-adds x 2, counted on benchmarks/torch_mgn.py) = fp32 images/s;
   * inference images/s at --batch for PyTorch eager (NCHW and channels_last), the mgn_tf Keras model, every
@@ -410,12 +410,6 @@ def artefact_name(path: Path, export_dir: Path) -> str:
     return f"mgn_tf {path.relative_to(export_dir).as_posix()}"
 
 
-def openvino_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
 def measure_ceiling(args, record: dict) -> None:
     progress(f"sgemm ceiling: numpy float32 {args.sgemm_n}^2 matmul, {args.threads} threads")
     record["sgemm"] = run_child({"kind": "sgemm", "n": args.sgemm_n, "repeats": 5}, args)
@@ -427,6 +421,8 @@ def measure_ceiling(args, record: dict) -> None:
 
 
 def measure_inference(args, record: dict, export_dir: Path | None) -> None:
+    from mgn_tf import inference  # no TensorFlow at import: the parent stays light
+
     rows = record["inference"]
     common = {"batch": args.batch, "seconds": args.seconds, "num_classes": args.num_classes}
     for name in args.sizes:
@@ -454,8 +450,8 @@ def measure_inference(args, record: dict, export_dir: Path | None) -> None:
         rows.append({"runtime": artefact_name(path, export_dir), **result})
     for path in fp32_onnx(artefacts):
         name = f"openvino {path.relative_to(export_dir).as_posix()}"
-        if not openvino_available():
-            record["notes"].append(f"{name}: skipped, openvino is not installed (pip install -e .[bench])")
+        if not inference.openvino_available():
+            record["notes"].append(f"{name}: skipped, openvino is not installed (a dependency of mgn_tf)")
             continue
         progress(f"inference {name} batch {args.batch}")
         rows.append(

@@ -277,8 +277,8 @@ def define_runtime_flag() -> list[str]:
         list(RUNTIMES),
         "What runs the model. native: each format's own runtime (TensorFlow, LiteRT, onnxruntime). "
         "openvino: OpenVINO in float32, for a run's weights (converted in memory) or an .onnx file "
-        "(pip install 'mgn_tf[openvino]'). auto: native, except that a run's model embedding a large job "
-        "runs with OpenVINO when it is installed.",
+        "(a dependency of mgn_tf). auto: native, except that a run's model embedding a large job runs "
+        "with OpenVINO.",
     )
     return ["runtime"]
 

@@ -15,8 +15,8 @@ model for embeddings: evaluation, training's final evaluation and the export par
 Runtimes (`runtime=`): "native" runs each format with its own runtime (TensorFlow for Keras weights and
 SavedModels, LiteRT for .tflite, onnxruntime for .onnx). "openvino" runs Keras weights (converted in
 memory from the model's graph, in float32) or an .onnx file with OpenVINO, the fastest float32 CPU
-runtime (`pip install mgn_tf[openvino]`). "auto" (default) is "native", except that a Keras model
-embedding a large job (see `KerasEmbedder`) runs it with OpenVINO when that is installed.
+runtime. "auto" (default) is "native", except that a Keras model embedding a large job (see
+`KerasEmbedder`) runs it with OpenVINO (TensorFlow if OpenVINO was removed from the environment).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def check_runtime(runtime: str) -> None:
     if runtime not in RUNTIMES:
         raise RuntimeChoiceError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "openvino" and not openvino_available():
-        raise RuntimeChoiceError("OpenVINO is not installed (pip install 'mgn_tf[openvino]')")
+        raise RuntimeChoiceError("OpenVINO is not installed (pip install openvino, a dependency of mgn_tf)")
 
 
 def openvino_function(model, num_threads: int | None = None):
