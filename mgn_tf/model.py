@@ -19,6 +19,8 @@ embedding and of the classifier heads in `logits`.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import keras
@@ -65,21 +67,54 @@ class CaffePreprocess(layers.Layer):
         return bgr - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=bgr.dtype)
 
 
+def xla_compiling() -> bool:
+    """True while TensorFlow traces a computation that XLA will compile: a `tf.function(jit_compile=True)`
+    (what Keras's `compile(jit_compile=True)` and mgn-train --xla make) or a graph under XLA's
+    auto-clustering (`TF_XLA_FLAGS=--tf_xla_auto_jit=...`, `tf.config.optimizer.set_jit`)."""
+    import tensorflow as tf
+
+    # TensorFlow's own ops ask the same question this way (array_grad, cond_v2, mirrored_strategy):
+    # tf.function(jit_compile=True) traces its body inside an XLAControlFlowContext.
+    from tensorflow.python.ops import control_flow_util
+
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return True
+    if tf.executing_eagerly():  # eager ops are never clustered
+        return False
+    if tf.config.optimizer.get_jit():
+        return True
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    return "tf_xla_cpu_global_jit" in flags or re.search(r"tf_xla_auto_jit=(?!-1\b|0\b)", flags) is not None
+
+
 @keras.saving.register_keras_serializable(package="mgn_tf")
 class BatchNormalization(layers.BatchNormalization):
-    """Keras's BatchNormalization computed by one fused TensorFlow op (FusedBatchNormV3) for float32 NHWC.
+    """Keras's BatchNormalization computed by one fused TensorFlow op (FusedBatchNormV3) for float32 NHWC,
+    except where XLA compiles it (below).
 
     Keras 3 composes batch normalisation from moments, rsqrt, multiplies and adds, each a pass over the
-    activation in the forward and again in the backward pass; the fused op does it in one, and its
-    gradient in one more. Same variables, same arithmetic as `layers.BatchNormalization`: batch mean and
-    biased batch variance in training (the moving variance too, as Keras updates it), moving statistics
-    otherwise, moving averages `m * momentum + batch * (1 - momentum)`. Anything else (another backend
-    or dtype, a mask, renorm, synchronized statistics) goes to the Keras implementation. The class keeps
-    Keras's name because weights files name each layer's group after its class: files written with
-    `layers.BatchNormalization` load into it, and the other way round.
+    activation in the forward and again in the backward pass; TensorFlow's fused CPU / GPU kernel does it
+    in one, and its gradient in one more. Same variables, same arithmetic as `layers.BatchNormalization`:
+    batch mean and biased batch variance in training (the moving variance too, as Keras updates it),
+    moving statistics otherwise, moving averages `m * momentum + batch * (1 - momentum)`.
+
+    Under XLA the layer computes the same formula as a few plain ops instead, which XLA fuses itself:
+    the batch mean, then the mean squared deviation from it (two passes, tf.nn.moments), and
+    y = (x - mean) * gamma / sqrt(var + eps) + beta. XLA's lowering of FusedBatchNormV3 in training
+    computes the batch variance as E[x^2] - E[x]^2 in float32: for a channel whose mean is large against
+    its spread (|mean| / std above ~1e3, as in networks trained from scratch) that difference cancels to
+    noise or below zero, and rsqrt(var + eps) is then wrong or NaN: this ended configs/synthetic.flags
+    (--xla) in NaN at its second step, on every CPU. Keras's own composition avoids the cancellation in
+    the variance but keeps a milder one (it computes x * r + (beta - mean * r), r = gamma / sqrt(var +
+    eps)), which the form above has not. tests/test_numerics.py holds every path to a float64 oracle in
+    eager, tf.function and XLA mode.
+
+    Anything else (another backend or dtype, a mask, renorm, synchronized statistics) also goes to the
+    Keras implementation. The class keeps Keras's name because weights files name each layer's group
+    after its class: files written with `layers.BatchNormalization` load into it, and the other way round.
     """
 
-    def _fusable(self, inputs, mask) -> bool:
+    def _supported(self, inputs, mask) -> bool:
         return (
             keras.backend.backend() == "tensorflow"
             and mask is None
@@ -92,14 +127,22 @@ class BatchNormalization(layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        if not self._supported(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
         channels = inputs.shape[-1]
         gamma = self.gamma if self.scale else tf.ones([channels], inputs.dtype)
         beta = self.beta if self.center else tf.zeros([channels], inputs.dtype)
-        if training and self.trainable:
+        batch_statistics = bool(training and self.trainable)
+        if xla_compiling():
+            if batch_statistics:
+                mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])
+                self._update_moving_statistics(mean, variance)
+            else:
+                mean, variance = self.moving_mean, self.moving_variance
+            return (inputs - mean) * (gamma * tf.math.rsqrt(variance + self.epsilon)) + beta
+        if batch_statistics:
             outputs, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
                 x=inputs, scale=gamma, offset=beta, mean=tf.constant([], tf.float32),
                 variance=tf.constant([], tf.float32), epsilon=self.epsilon, data_format="NHWC",
@@ -107,16 +150,37 @@ class BatchNormalization(layers.BatchNormalization):
             )  # fmt: skip
             # The op returns the unbiased variance for the moving average; Keras averages the biased one.
             count = tf.cast(tf.size(inputs) // channels, tf.float32)
-            variance = unbiased_variance * (count - 1.0) / count
-            momentum = self.momentum
-            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-            self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+            self._update_moving_statistics(mean, unbiased_variance * (count - 1.0) / count)
             return outputs
         outputs, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs, scale=gamma, offset=beta, mean=self.moving_mean, variance=self.moving_variance,
             epsilon=self.epsilon, data_format="NHWC", is_training=False,
         )  # fmt: skip
         return outputs
+
+    def _update_moving_statistics(self, mean, variance) -> None:
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+
+
+@keras.saving.register_keras_serializable(package="mgn_tf")
+class GlobalMaxPool(layers.Layer):
+    """[B, H, W, C] -> [B, C]: the maximum over the map, computed as one max-pooling window over all of it.
+
+    Same values as `layers.GlobalMaxPooling2D`, but a gradient that XLA cannot break. GlobalMaxPooling2D
+    is a reduce_max, whose TensorFlow gradient finds the maximum again by comparing every input with the
+    output (equal(x, max) / count). Under XLA the input is recomputed inside the fusion that compares, and
+    can differ from the value the max was taken of by an ulp: no element compares equal, the count is 0,
+    and the gradient is 0 / 0 = NaN (tests/test_numerics.py shows it on a BatchNorm + ReLU map). A
+    max-pooling window's gradient (MaxPoolGrad; select-and-scatter under XLA) routes the gradient to the
+    arg max it finds itself. They differ only where several positions tie for the maximum: reduce_max
+    shares the gradient among them, max pooling gives it to the first.
+    """
+
+    def call(self, inputs):
+        window = tuple(inputs.shape[1:3])
+        return ops.squeeze(ops.max_pool(inputs, pool_size=window, strides=window, padding="valid"), (1, 2))
 
 
 @keras.saving.register_keras_serializable(package="mgn_tf")
@@ -240,14 +304,12 @@ def build_mgn(
         branch_model = _copy_layers(branch_src, f"{branch}_branch", f"{branch}_", stride == 1, sync_bn)
         fmap = branch_model(shared)
         prefix = "" if branch == "global" else f"p{stripes}_"
-        pooled[f"{prefix}global"] = layers.GlobalMaxPooling2D(name=f"{prefix}global_max_pool")(fmap)
+        pooled[f"{prefix}global"] = GlobalMaxPool(name=f"{prefix}global_max_pool")(fmap)
         rows = fmap.shape[1]
         for i, (start, end) in enumerate(stripe_rows(rows, stripes) if stripes else []):
             crop = ((start, rows - end), (0, 0))
             stripe = layers.Cropping2D(crop, name=f"p{stripes}_part{i + 1}_stripe")(fmap)
-            pooled[f"p{stripes}_part{i + 1}"] = layers.GlobalMaxPooling2D(
-                name=f"p{stripes}_part{i + 1}_max_pool"
-            )(stripe)
+            pooled[f"p{stripes}_part{i + 1}"] = GlobalMaxPool(name=f"p{stripes}_part{i + 1}_max_pool")(stripe)
 
     reduced = {
         feature: _reduction(
