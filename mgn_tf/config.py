@@ -207,8 +207,8 @@ class TrainConfig:
         need(0 < self.warmup_factor <= 1, "warmup_factor", "must be in (0, 1]")
         need(self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "must be >= 0 (0: off)")
         need(
-            self.freeze_backbone_epochs < self.epochs or self.freeze_backbone_epochs == 0,
-            "freeze_backbone_epochs", f"must be below --epochs={self.epochs} (else only the heads train)",
+            self.freeze_backbone_epochs <= self.epochs, "freeze_backbone_epochs",
+            f"must be at most --epochs={self.epochs} (equal: only the heads train, a linear probe)",
         )  # fmt: skip
         need(self.new_layer_lr_factor > 0, "new_layer_lr_factor", "must be > 0")
         need(

@@ -150,7 +150,7 @@ def define_train_flags() -> list[str]:
             "freeze_backbone_epochs",
             d.freeze_backbone_epochs,
             "Train only the reductions and classifiers for the first N epochs (trunk and branches frozen, "
-            "their BatchNorms in inference mode).",
+            "their BatchNorms in inference mode); N = --epochs trains only them (a linear probe).",
         )
         flags.DEFINE_float(
             "new_layer_lr_factor",

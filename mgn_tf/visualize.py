@@ -51,6 +51,15 @@ def figure_names(paths: list[str]) -> list[str]:
     return [f"{stem}_response.png" for stem in unique_names([Path(p).stem for p in paths])]
 
 
+def shown_path(path: str) -> str:
+    """How a figure names its image: relative to the working directory when it lies below it (what the
+    user typed, usually), else in full. results.json keeps the full path."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def check_weights(path: str | None) -> str:
     """`path` when it is a Keras model; ConfigError for a missing path or an exported format."""
     from mgn_tf.artifacts import detect_format
@@ -103,7 +112,8 @@ def visualize(weights: str, paths: list[str], input_size, out: Path, batch_size:
         maps = response.response_maps(responses, np.stack(pixels), batch_size) if batch else {}
         for k, i in enumerate(batch):
             one = response.image_maps(maps, k)
-            title = f"{paths[i]}: feature response maps (L2 norm over channels) at {size[0]}x{size[1]}"
+            maps_at = f"feature response maps (L2 norm over channels) at {size[0]}x{size[1]}"
+            title = f"{shown_path(paths[i])}: {maps_at}"
             figure = response.plot_response_maps(pixels[k], one, out / names[i], title=title)
             records.append({"path": paths[i], "figure": str(figure), "maps": response.peaks(one)})
         print(f"Response maps: {min(start + batch_size, len(paths))}/{len(paths)} images", flush=True)

@@ -49,6 +49,18 @@ def test_k1_is_fine_without_triplet():
     TrainConfig(k=1, triplet_weight=0.0).validate()
 
 
+def test_a_linear_probe_freezes_every_epoch_and_more_is_refused():
+    """--freeze_backbone_epochs=--epochs trains only the heads, in one frozen fit; more is refused."""
+    from mgn_tf.engine import _fit_segments
+
+    synthetic = {"dataset": "synthetic", "backbone_weights": "none"}
+    TrainConfig(**synthetic, epochs=3, freeze_backbone_epochs=3).validate()
+    assert _fit_segments(0, 10, 3, 3) == [(0, 3, 0, True)]
+    assert _fit_segments(14, 10, 3, 3) == [(1, 2, 4, True), (2, 3, 0, True)]  # resumed mid-epoch
+    with pytest.raises(ConfigError, match="--freeze_backbone_epochs.*at most --epochs=3"):
+        TrainConfig(**synthetic, epochs=3, freeze_backbone_epochs=4).validate()
+
+
 @pytest.mark.parametrize(
     "settings, flag",
     [

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 from absl import flags
+from helpers.layouts import dataset_root
 
 from mgn_tf import train
 from mgn_tf.flags import config_from_flags
@@ -86,3 +94,84 @@ def test_importing_the_commands_defines_no_flags():
         importlib.import_module(module)
     assert set(flags.FLAGS) == before
     assert parse(CONFIGS[0]).dataset
+
+
+# --- every config trains with its own flags -------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+README_CONFIG = "synthetic"  # README command 1: python -m mgn_tf.train --flagfile configs/synthetic.flags
+# The paper configs' 384x128 input and 64-image batches, reduced to what two CPU cores train in seconds.
+SMALL = {"input_height": 96, "input_width": 32, "p": 4, "k": 2}
+
+
+class StepLog(keras.callbacks.Callback):
+    """Records the logs of every step and stops the run after `steps` steps."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps, self.logs = steps, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append({k: float(v) for k, v in (logs or {}).items()})
+        if len(self.logs) >= self.steps:
+            self.model.stop_training = True
+
+
+@pytest.mark.own_worker_unit(minutes=3)
+def test_the_readme_command_trains_with_every_flag_of_its_config(tmp_path):
+    """README command 1 through the real command line, every flag of configs/synthetic.flags as it is
+    (--xla included), only the data and run folders moved and each epoch cut to 8 steps: 3 epochs whose
+    losses are finite and fall, then the evaluation."""
+    config = REPO / "configs" / f"{README_CONFIG}.flags"
+    assert "--xla" in config.read_text().split()
+    command = [
+        sys.executable, "-m", "mgn_tf.train", f"--flagfile={config}", f"--data_dir={tmp_path / 'data'}",
+        f"--run_dir={tmp_path / 'run'}", "--steps_per_epoch=8", "--norerank", "--num_ranked_queries=0",
+    ]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(tmp_path / "run" / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    losses = [float(row["loss"]) for row in history]
+    assert len(losses) == 3 and np.isfinite(losses).all(), losses
+    assert losses[0] > losses[1] > losses[2], losses
+    assert "rank-1" in result.stdout and (tmp_path / "run" / "eval" / "results.json").is_file()
+
+
+OTHER_CONFIGS = [path for path in CONFIGS if path.stem != README_CONFIG]
+
+
+@pytest.mark.parametrize("path", OTHER_CONFIGS, ids=lambda p: p.stem)
+def test_every_other_config_trains_two_steps_with_its_own_flags(path, tmp_path, mini_market_dir, cuhk01_dir):
+    """Each config's own reader, optimizer, schedule, augmentations and losses, on real images laid out as
+    its dataset (tests/helpers/layouts.py), for two steps with finite losses. Changed: the folders, the
+    input size and batch where the config asks for 384x128 and 64 images, and ImageNet weights (not
+    downloadable here) for none."""
+    from helpers.exported import make_run_dir
+
+    from mgn_tf import engine
+
+    config = parse(path)
+    config.data_dir = str(dataset_root(config.dataset, mini_market_dir, tmp_path / "data", cuhk01_dir))
+    config.run_dir = str(tmp_path / "run")
+    if config.init_from:  # a finished run of another config
+        config.init_from = str(make_run_dir(tmp_path / "source"))
+    if config.backbone_weights == "imagenet":
+        config.backbone_weights = "none"
+    if config.input_size != (96, 32):
+        for name, value in SMALL.items():
+            setattr(config, name, value)
+    config.eval_at_end, config.verbose = False, 0
+    config.validate()
+    steps = StepLog(2)
+    keras.backend.clear_session()
+    engine.configure_runtime(config)
+    engine.train(config, callbacks=[steps])
+    assert len(steps.logs) == 2
+    assert all(np.isfinite(list(logs.values())).all() for logs in steps.logs), steps.logs
+    assert (tmp_path / "run" / "final.weights.h5").is_file()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    keys = ("dataset", "optimizer", "lr", "lr_schedule", "warmup_epochs", "momentum", "weight_decay",
+            "margin", "flip", "pad_crop", "random_erasing", "label_smoothing", "xla", "epochs")  # fmt: skip
+    assert {k: recorded[k] for k in keys} == {k: getattr(config, k) for k in keys}

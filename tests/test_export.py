@@ -311,8 +311,8 @@ def _run_export(*args: str, code: str | None = None) -> subprocess.CompletedProc
         (["--weights={run}", "--out={out}", "--parity_images={run}/none"], "{run}/none: not a directory"),
         (["--weights={run}", "--out={out}", "--onnx_variants=fp32,int4"], "fp32,int8_static"),
         (["--weights={run}", "--out={out}", "--calibration_images={empty}"], "{empty}: no images to"),
-        # the run records no training data, so static int8 needs --calibration_images
-        (["--weights={run}", "--out={out}"], "--calibration_images: needed for int8_static"),
+        # the run records no training data: static int8, asked for by name, needs --calibration_images
+        (["--weights={run}", "--out={out}", "--onnx_variants=int8_static"], "--calibration_images: needed"),
         (
             [
                 "--weights={run}",
@@ -362,6 +362,45 @@ def test_cli_exits_1_naming_the_artefact_and_the_bound_it_breaks(tmp_path, expor
     ), result.stderr[-3000:]
     report = json.loads((out / "export_report.json").read_text())
     assert not report["ok"] and "FAIL: max rel diff" in result.stdout  # the table
+
+
+def test_default_export_of_a_run_copied_from_elsewhere_skips_only_what_it_cannot_calibrate(
+    tmp_path, exported
+):
+    """A run whose training images are not on this machine (it records none here) and no calibration
+    folder: the default variants export every artefact but static int8, say why, and record it."""
+    out = tmp_path / "out"
+    result = _run_export(
+        f"--weights={exported.run_dir}", f"--out={out}", "--formats=tflite", "--nosession_loader_check",
+        "--noaccuracy", "--parity_count=2", "--speed_seconds=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipping tflite_int8_static: no calibration images" in result.stdout
+    report = json.loads((out / "export_report.json").read_text())
+    assert set(report["artefacts"]) == {"tflite_fp32", "tflite_fp16", "tflite_int8"}
+    assert "--calibration_images=DIR" in report["skipped"]["tflite_int8_static"]
+    assert not (out / "mgn_int8_static.tflite").exists()
+
+
+def test_calibration_falls_back_on_the_parity_images(exported, mini_market_dir):
+    """Without --calibration_images and without the run's training images, static int8 is calibrated on
+    --parity_images when they are given (asked for by name or by default)."""
+    parity_images = mini_market_dir / "bounding_box_test"
+    code = (
+        "import sys\nfrom absl import flags\nfrom mgn_tf.artifacts import find_run_files\n"
+        "from mgn_tf.export import cli\ncli.define_flags()\nflags.FLAGS(sys.argv)\n"
+        "c = cli.calibration_for(find_run_files(flags.FLAGS.weights), (96, 32))\n"
+        "print('SOURCE', c.source, len(c.files))"
+    )
+    for variants in ([], ["--onnx_variants=int8_static"]):
+        result = subprocess.run(
+            [sys.executable, "-c", code, f"--weights={exported.run_dir}", "--out=unused",
+             f"--parity_images={parity_images}", *variants],
+            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"SOURCE {parity_images} 32" in result.stdout
+        assert "The run's training images cannot be read" in result.stdout
 
 
 # ------------------------------------------------------------------------------------ serving clients

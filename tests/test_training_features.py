@@ -255,22 +255,3 @@ def test_combine_all_trains_on_the_test_split_and_skips_its_evaluation(dataset, 
     config = json.loads((run / "config.json").read_text())
     assert config["num_classes"] == 8 + 3 and config["num_train_images"] == 8 * 4 + 3 * 4
     assert "no evaluation after training" in result.stdout and not (run / "eval").exists()
-
-
-# --- the strong configs --------------------------------------------------------------------------------
-
-STRONG = sorted((REPO / "configs").glob("*_strong.flags"))
-
-
-@pytest.mark.parametrize("flagfile", STRONG, ids=lambda p: p.stem)
-def test_strong_config_trains_two_steps(flagfile, dataset, tmp_path):
-    run = tmp_path / "run"
-    run_train(
-        f"--flagfile={flagfile}", "--dataset=folder", f"--data_dir={dataset}", f"--run_dir={run}", *TINY,
-        "--epochs=2", "--steps_per_epoch=1", "--scan_data=false", "--eval_at_end=false",
-    )  # fmt: skip
-    config = json.loads((run / "config.json").read_text())
-    assert config["random_erasing"] == 0.5 and config["pad_crop"] == 10 and config["label_smoothing"] == 0.1
-    assert config["lr_schedule"] == "cosine" and config["warmup_epochs"] == 10
-    assert (run / "checkpoints" / "step_00000002").is_dir()
-    assert np.isfinite([float(r["loss"]) for r in history(run)]).all()

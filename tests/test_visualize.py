@@ -100,6 +100,34 @@ def banded_image(size: tuple[int, int], rows: tuple[int, int]) -> np.ndarray:
     return image
 
 
+@pytest.mark.parametrize(
+    "title",
+    [
+        "/home/someone/datasets/Market-1501-v15.09.15/bounding_box_test/a/deep/folder/0005_c1s1_001351_02.jpg"
+        ": feature response maps (L2 norm over channels) at 96x32",
+        "/x/" + "folder_name_without_any_separator_" * 6 + ".jpg: maps",
+    ],
+)
+def test_a_long_title_is_wrapped_inside_the_figure(tmp_path, title):
+    """No title line runs off the figure: the white margins left and right of the title stay white, and
+    the title takes more than one line."""
+    rng = np.random.default_rng(0)
+    maps = {
+        "global": rng.uniform(size=(3, 1)),
+        "part2": rng.uniform(size=(6, 2)),
+        "part3": rng.uniform(size=(6, 2)),
+    }
+    path = response.plot_response_maps(
+        rng.uniform(0, 255, (96, 32, 3)), maps, tmp_path / "t.png", title=title
+    )
+    png = np.asarray(Image.open(path).convert("L"))
+    title_rows = png[: response.read_layout(path)["panels"][0]["box"][1] - response.PANEL_TITLE_HEIGHT]
+    inked = np.flatnonzero((title_rows < 200).any(axis=0))
+    assert inked.size and inked[0] >= response.MARGIN // 2 and inked[-1] < png.shape[1] - response.MARGIN // 2
+    inked_rows = np.flatnonzero((title_rows < 200).any(axis=1))
+    assert inked_rows[-1] - inked_rows[0] > response.TITLE_LINE_HEIGHT  # wrapped
+
+
 def test_one_bright_band_puts_every_maximum_in_its_stripe_and_figure_panel(tmp_path):
     size = PAPER_SIZE
     band = (288, 320)  # inside the bottom third (256..384) and the bottom half (192..384) of the image

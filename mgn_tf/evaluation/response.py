@@ -23,14 +23,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import textwrap
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -48,6 +49,7 @@ MIN_PANEL_HEIGHT = 256  # small inputs (96x32) are shown enlarged by a whole fac
 GAP, MARGIN = 6, 8  # pixels between panels; white margin around them
 PANEL_TITLE_HEIGHT = 34  # two lines: the panel's name and its map's maximum
 TITLE_LINE_HEIGHT = 15
+TITLE_POINTS = 9
 DPI = 100
 PALE = 0.65  # a stripe panel outside its stripe: the image blended this much towards white
 
@@ -209,9 +211,36 @@ def figure_layout(image_size: Sequence[int], title: str | None = None) -> dict:
     }
 
 
-def _wrap(title: str, width_px: int) -> str:
-    # about 6 pixels per character at 9 points
-    return "\n".join(textwrap.fill(line, max(30, width_px // 6)) for line in title.split("\n"))
+def _text_width(text: str, points: float) -> float:
+    """Pixels `text` takes at `points` in the figure's font and DPI, as the Agg renderer draws it."""
+    renderer = RendererAgg(1, 1, DPI)
+    return renderer.get_text_width_height_descent(text, FontProperties(size=points), ismath=False)[0]
+
+
+def _wrap(title: str, width_px: int, points: float = TITLE_POINTS) -> str:
+    """`title` in lines that each fit between the margins, measured in the font they are drawn in: broken
+    at spaces and after path separators, and a word longer than a line (a long path) cut where it fills
+    one."""
+    available = width_px - 2 * MARGIN
+    lines = []
+    for paragraph in title.split("\n"):
+        line = ""
+        for piece in re.split(r"(?<=[/\\ ])", paragraph):
+            while piece:
+                if _text_width(line + piece, points) <= available:
+                    line, piece = line + piece, ""
+                elif line.strip():
+                    lines.append(line.rstrip())
+                    line, piece = "", piece.lstrip()
+                else:  # one piece wider than a line
+                    fits = max(
+                        [k for k in range(1, len(piece) + 1) if _text_width(piece[:k], points) <= available],
+                        default=1,
+                    )
+                    lines.append(piece[:fits])
+                    line, piece = "", piece[fits:]
+        lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def _as_uint8(image: np.ndarray) -> np.ndarray:
@@ -282,7 +311,7 @@ def plot_response_maps(
     texts = []
     if title:
         for i, line in enumerate(_wrap(title, total_w).split("\n")):
-            texts.append((total_w / 2, MARGIN + (i + 0.5) * TITLE_LINE_HEIGHT, line, 9))
+            texts.append((total_w / 2, MARGIN + (i + 0.5) * TITLE_LINE_HEIGHT, line, TITLE_POINTS))
     for panel in layout["panels"]:
         left, top, right, bottom = panel["box"]
         canvas[top:bottom, left:right] = _panel_pixels(shown, panel, maps)

@@ -194,9 +194,19 @@ def _run_split(run: RunFiles, dataset: str | None, data_dir: str | None):
         raise ConfigError(f"{where}: {summary(exc)}") from exc
 
 
+def static_variants_asked() -> bool:
+    """Whether the command line names int8_static itself (not only through the default variant lists)."""
+    return any(FLAGS[name].present and STATIC_VARIANT in FLAGS[name].value for name in _VARIANT_FLAGS)
+
+
+_VARIANT_FLAGS = ("tflite_variants", "onnx_variants")
+
+
 def calibration_for(run: RunFiles, size):
-    """The calibration images: --calibration_images, else the run's training images (ConfigError if
-    neither can be read)."""
+    """The calibration images: --calibration_images, else the run's training images, else (a run copied
+    from another machine) --parity_images. None when there are none and int8_static was only asked for by
+    default: the caller skips it and says why. ConfigError when a folder given cannot be used, or when
+    int8_static was asked for explicitly and nothing can calibrate it."""
     from mgn_tf.export import quantize
 
     count, seed = FLAGS.calibration_count, FLAGS.calibration_seed
@@ -208,6 +218,14 @@ def calibration_for(run: RunFiles, size):
     try:
         split = _run_split(run, None, None)
     except ConfigError as exc:
+        if FLAGS.parity_images:
+            print(f"The run's training images cannot be read ({exc}): calibrating on --parity_images")
+            try:
+                return quantize.calibration_from_folder(FLAGS.parity_images, size, count, seed)
+            except ValueError as bad:
+                raise ConfigError(f"--parity_images={FLAGS.parity_images}: {summary(bad)}") from bad
+        if not static_variants_asked():
+            return None
         raise ConfigError(
             f"--calibration_images: needed for {STATIC_VARIANT} and the run's training images cannot be read "
             f"({exc}); pass --calibration_images=DIR or leave {STATIC_VARIANT} out of --tflite_variants and "
@@ -299,8 +317,20 @@ def main(argv: list[str]) -> int:
         accuracy_split = accuracy_split_for(run)
     except ConfigError as exc:
         return cli.error(exc)
+    tflite_variants, onnx_variants, skipped = list(FLAGS.tflite_variants), list(FLAGS.onnx_variants), {}
     if calibration is not None:
         print(f"Calibrating {STATIC_VARIANT} on {len(calibration.files)} images from {calibration.source}")
+    elif wants_static():  # asked for by default only, and nothing to calibrate it on
+        reason = (
+            "no calibration images: the run's training images cannot be read here "
+            f"({run.config_path} records --dataset={run.config.get('dataset')} "
+            f"--data_dir={run.config.get('data_dir')}); pass "
+            "--calibration_images=DIR (or --parity_images=DIR) to export it"
+        )
+        tflite_variants = [v for v in tflite_variants if v != STATIC_VARIANT]
+        onnx_variants = [v for v in onnx_variants if v != STATIC_VARIANT]
+        skipped = {f"{fmt}_{STATIC_VARIANT}": reason for fmt in ("tflite", "onnx") if fmt in FLAGS.formats}
+        print(f"Skipping {', '.join(skipped)}: {reason}", flush=True)
     report = exporter.export_all(
         model,
         FLAGS.out,
@@ -308,9 +338,10 @@ def main(argv: list[str]) -> int:
         model_name=FLAGS.model_name,
         version=FLAGS.version,
         flip_norm=FLAGS.bake_flip_norm,
-        tflite_variants=FLAGS.tflite_variants,
-        onnx_variants=FLAGS.onnx_variants,
+        tflite_variants=tflite_variants,
+        onnx_variants=onnx_variants,
         calibration=calibration,
+        skipped=skipped,
         accuracy_split=accuracy_split,
         max_map_drop=FLAGS.max_map_drop,
         opset=FLAGS.opset,

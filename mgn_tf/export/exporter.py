@@ -55,6 +55,7 @@ class ExportReport:
     onnx_peak_rss_bytes: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     calibration: dict | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # artefact key -> why it was not exported
     accuracy_split: dict | None = None
     accuracy_reference: accuracy.Accuracy | None = None
     accuracy: list[accuracy.Accuracy] = field(default_factory=list)
@@ -90,6 +91,7 @@ class ExportReport:
             "seconds": self.seconds,
             "results": [r.to_dict() for r in self.results],
             "calibration": self.calibration,
+            "skipped": self.skipped,
             "accuracy": None
             if self.accuracy_reference is None
             else {
@@ -120,6 +122,7 @@ def export_all(
     speed_seconds: float = 1.0,
     onnx_min_free_bytes: int = onnx_model.DEFAULT_MIN_FREE_BYTES,
     info: dict | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> ExportReport:
     """Exports `model` (a build_mgn model or its embedding model) and checks parity of every artefact.
 
@@ -131,6 +134,7 @@ def export_all(
     `calibration` (required for them). With `accuracy_split` (a labelled query/gallery split), every
     artefact and the Keras model are also evaluated on it (rank-1, mAP) and an artefact more than
     `max_map_drop` points of mAP below Keras fails. Check `report.ok`; nothing raises for a broken bound.
+    `skipped` ({artefact key: reason}) goes into the report as the artefacts the caller left out.
     """
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown or not formats:
@@ -153,7 +157,7 @@ def export_all(
     size = tuple(int(d) for d in model.input_shape[1:3])
     info = {**(info or {}), "input_height": size[0], "input_width": size[1], "flip_norm": flip_norm}
     weights_bytes = sum(int(np.prod(v.shape)) * v.value.dtype.size for v in model.variables)
-    report = ExportReport(out_dir, weights_bytes=weights_bytes)
+    report = ExportReport(out_dir, weights_bytes=weights_bytes, skipped=dict(skipped or {}))
     if wants_static:
         report.calibration = calibration.describe()
 
