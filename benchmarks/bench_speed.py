@@ -1,7 +1,7 @@
 """Same-run speed benchmark: mgn_tf and its exported artefacts against a PyTorch MGN and the fp32 ceiling.
 
     .venv/bin/python benchmarks/bench_speed.py [--export_dir DIR] [--threads 2] [--batch 8] [--seconds 10]
-        [--sizes 96x32 384x128] [--skip_training] [--noxla] [--calibration_images DIR]
+        [--sizes 96x32 384x128] [--skip_training] [--noxla] [--calibration_images DIR] [--isa native,avx2]
 
 Needs the `bench` extra (torch). In one invocation, on this machine:
   * the ceiling: numpy float32 matmul GFLOP/s at --threads, divided by the MGN forward GFLOP per image
@@ -12,7 +12,11 @@ Needs the `bench` extra (torch). In one invocation, on this machine:
   * training seconds per step, PyTorch eager against mgn_tf's own path (engine.train's MGNTrainer,
     optimizer, compile and fit; with and without XLA), random P x K batches.
 Every measurement runs in a fresh child process with the same thread count, so thread pools and memory
-of one runtime never meet another's. Writes docs/results/bench_speed.json and .md; progress on stderr.
+of one runtime never meet another's. With --isa native,avx2 the whole set runs twice: as this CPU allows,
+then with every library capped at AVX2 (XLA, oneDNN in TensorFlow, OpenVINO and PyTorch, PyTorch's own
+kernels, MKL, numpy's OpenBLAS: mgn_tf.runtime.isa_environment), so an AVX-512 machine also measures
+what an AVX2-only CPU runs; the ratios compare runtimes within one ISA. Writes docs/results/bench_speed.json
+and .md; progress on stderr.
 Run it on an otherwise idle machine: PyTorch's OpenMP pool slows down several-fold whenever another process
 takes a core (TensorFlow's work-stealing pool far less), which the per-call times in the JSON show.
 """
@@ -39,8 +43,7 @@ THREAD_ENV = (
 )  # fmt: skip
 DEFAULT_PK = {"96x32": "8x4", "384x128": "4x4"}
 REFERENCE = "pytorch eager channels_last"
-# The run directory's row (what evaluate and search run) and the artefacts that are not float32.
-RUN_DIR = "mgn_tf keras (run dir"
+# Artefacts that are not float32 (their names say so).
 LOWER_PRECISION = ("fp16", "int8")
 # Backward costs about twice the forward: a training step is ~3 forward passes of arithmetic.
 TRAIN_FLOP_FACTOR = 3
@@ -71,14 +74,17 @@ def child_env(threads: int, inter_op: int) -> dict[str, str]:
 
 
 def run_child(task: dict, args) -> dict:
-    """Runs `task` in a fresh interpreter; its result dict, or {"error": ...} (the run goes on)."""
+    """Runs `task` in a fresh interpreter under `args.current_isa`; its result dict, or {"error": ...}
+    (the run goes on)."""
+    from mgn_tf.runtime import isa_environment  # no TensorFlow: the parent stays light
+
     task = {**task, "threads": args.threads, "inter_op": args.inter_op}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(task)]
+    env = isa_environment(args.current_isa, child_env(args.threads, args.inter_op))
     started = time.perf_counter()
     try:
         done = subprocess.run(
-            command, env=child_env(args.threads, args.inter_op), capture_output=True, text=True,
-            timeout=args.child_timeout,
+            command, env=env, capture_output=True, text=True, timeout=args.child_timeout
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.child_timeout} s"}
@@ -429,7 +435,8 @@ def measure_inference(args, record: dict, export_dir: Path | None) -> None:
         for runtime, task in (
             ("pytorch eager NCHW", {"kind": "torch_infer", "channels_last": False}),
             (REFERENCE, {"kind": "torch_infer", "channels_last": True}),
-            (f"{RUN_DIR}: evaluate, search)", {"kind": "keras_infer", "frozen": True}),
+            # What evaluate and search run for a run directory; its engine goes into the name.
+            ("mgn_tf keras (run dir)", {"kind": "keras_infer", "frozen": True, "run_dir": True}),
             (
                 "mgn_tf keras, runtime native (TensorFlow frozen)",
                 {"kind": "keras_infer", "frozen": True, "runtime": "native"},
@@ -437,10 +444,11 @@ def measure_inference(args, record: dict, export_dir: Path | None) -> None:
             ("mgn_tf keras on variables", {"kind": "keras_infer", "frozen": False}),
         ):
             progress(f"inference {runtime} {name} batch {args.batch}")
-            result = run_child({**task, **common, "size": name}, args)
-            if task["kind"] == "keras_infer" and task["frozen"] and "runtime" not in task:
-                runtime = runtime.replace(")", f": {result.get('engine', '?')})")
-            rows.append({"runtime": runtime, **result})
+            row = {"runtime": runtime, **run_child({**task, **common, "size": name}, args)}
+            if task.get("run_dir"):
+                engine = row.get("engine", "?")
+                row.update(runtime=f"mgn_tf keras (run dir: evaluate, search: {engine})", run_dir=True)
+            rows.append(row)
     if export_dir is None:
         return
     artefacts = find_artefacts(export_dir)
@@ -517,7 +525,7 @@ def run_dir_vs_best_fp32(record: dict) -> dict:
     rows = [r for r in record["inference"] if "images_per_second" in r]
     for size in sorted({r["size"] for r in rows}):
         fp32 = [r for r in rows if r["size"] == size and not any(p in r["runtime"] for p in LOWER_PRECISION)]
-        run_dir = [r for r in fp32 if r["runtime"].startswith(RUN_DIR)]
+        run_dir = [r for r in fp32 if r.get("run_dir")]
         if run_dir and fp32:
             best = max(fp32, key=lambda r: r["images_per_second"])
             out[size] = {
@@ -539,6 +547,7 @@ def _value(row: dict, key: str, unit: str, digits: int) -> tuple[str, str]:
 
 
 def table(record: dict) -> str:
+    """The table of one ISA's measurements."""
     lines = [
         "| measurement | runtime | size | batch | value | median | vs PyTorch | vs fp32 ceiling |",
         "|---|---|---|---|---|---|---|---|",
@@ -558,15 +567,25 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def isa_notes(part: dict) -> list[str]:
+    return [
+        f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})."
+        for size, v in part["run_dir_vs_best_fp32"].items()
+    ] + part["notes"]
+
+
 def notes(record: dict, args) -> str:
-    sgemm = record["sgemm"]
+    sgemm = ", ".join(
+        f"{part['sgemm'].get('gflops', 0):.1f} GFLOP/s ({isa})" for isa, part in record["isa"].items()
+    )
     flops = ", ".join(
-        f"{k} {v['embed_gflop']:.2f}" for k, v in record["flops"].items() if isinstance(v, dict)
+        f"{k} {v['embed_gflop']:.2f}"
+        for k, v in next(iter(record["isa"].values()))["flops"].items()
+        if isinstance(v, dict)
     )
     parts = [
-        f"Ceiling: numpy float32 {args.sgemm_n}x{args.sgemm_n} matmul at {sgemm.get('gflops', 0):.1f} "
-        "GFLOP/s "
-        f"({args.threads} threads); MGN embedding forward GFLOP per image (2 x conv/linear multiply-adds): "
+        f"Ceiling: numpy float32 {args.sgemm_n}x{args.sgemm_n} matmul at {sgemm} ({args.threads} threads); "
+        "MGN embedding forward GFLOP per image (2 x conv/linear multiply-adds): "
         f"{flops}. Training ceiling: {TRAIN_FLOP_FACTOR} x the training model's forward FLOPs per image. "
         "The ceiling is fp32's: float16 / int8 artefacts can exceed it.",
         f"Every measurement in a fresh child process: {', '.join(THREAD_ENV)}={args.threads}, "
@@ -580,10 +599,6 @@ def notes(record: dict, args) -> str:
         "median: of the median call (per-call times in the JSON: other processes on the machine show there).",
         f"Training: {args.train_warmup} warm-up steps, then at least {args.train_steps} steps and "
         f"{args.seconds} s; mgn_tf through engine.train's trainer construction and Keras fit.",
-        *[
-            f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})."
-            for size, v in record["run_dir_vs_best_fp32"].items()
-        ],
         *record["notes"],
     ]
     return "\n\n".join(parts)
@@ -616,7 +631,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sgemm_n", type=int, default=4096)
     parser.add_argument("--child_timeout", type=float, default=3600)
     parser.add_argument("--name", default="bench_speed", help="Result file name under docs/results.")
+    parser.add_argument(
+        "--isa", default="native", help="Comma-separated instruction-set caps to measure under: native, avx2."
+    )
     args = parser.parse_args(argv)
+    args.isas = args.isa.split(",")
+    if set(args.isas) - {"native", "avx2"} or len(set(args.isas)) < len(args.isas):
+        parser.error(f"--isa={args.isa}: a comma-separated list of distinct native, avx2")
+    args.current_isa = "native"
     args.inter_op = args.threads if args.inter_op is None else args.inter_op
     args.sizes = [size_name(parse_size(s)) for s in args.sizes]
     args.pk = dict(item.split("=") for item in args.pk)
@@ -666,19 +688,31 @@ def main(argv: list[str]) -> None:
         sys.exit(f"{args.export_out} is not empty: time it with --export_dir {args.export_out} or remove it")
     record = {
         "versions": bench_versions(), "threads": args.threads, "inter_op": args.inter_op,
-        "batch": args.batch, "sizes": args.sizes, "inference": [], "training": [], "notes": [],
+        "batch": args.batch, "sizes": args.sizes, "isa": {}, "notes": [],
         "child_env": {k: v for k, v in child_env(args.threads, args.inter_op).items() if "THREADS" in k},
     }  # fmt: skip
-    measure_ceiling(args, record)
+    export_dir = None
     if not args.skip_inference:
         export_dir = args.export_dir or export_for_benchmark(args, record)
-        measure_inference(args, record, export_dir)
-    if not args.skip_training:
-        measure_training(args, record)
-    add_ratios(record)
-    record["run_dir_vs_best_fp32"] = run_dir_vs_best_fp32(record)
+    for isa in args.isas:
+        args.current_isa = isa
+        progress(f"--- {isa}")
+        part = {"batch": args.batch, "inference": [], "training": [], "notes": []}
+        measure_ceiling(args, part)
+        if not args.skip_inference:
+            measure_inference(args, part, export_dir)
+        if not args.skip_training:
+            measure_training(args, part)
+        add_ratios(part)
+        part["run_dir_vs_best_fp32"] = run_dir_vs_best_fp32(part)
+        record["isa"][isa] = part
     record["total_seconds"] = round(time.perf_counter() - START, 1)
-    text = table(record)
+    sections = []
+    for isa, part in record["isa"].items():
+        title = "as this CPU allows" if isa == "native" else "capped at AVX2 (mgn_tf.runtime.isa_environment)"
+        notes_text = "\n\n".join(isa_notes(part))
+        sections.append(f"### {isa}: {title}\n\n{table(part)}" + (f"\n\n{notes_text}" if notes_text else ""))
+    text = "\n\n".join(sections)
     print(text)
     path = results.write(args.name, "Speed: mgn_tf and its artefacts against PyTorch and the fp32 ceiling",
         record, text, notes(record, args))  # fmt: skip

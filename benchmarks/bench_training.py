@@ -1,15 +1,16 @@
 """What a config reaches on this machine: one full training run, then the same network untrained.
 
-    python benchmarks/bench_training.py --config synthetic            # docs/results/training_synthetic.*
+    python benchmarks/bench_training.py --config synthetic --isa native,avx2   # training_synthetic.*
     python benchmarks/bench_training.py --config cuhk01               # the real CUHK01 images in ../shared
     python benchmarks/bench_training.py --config synthetic --name training_synthetic_no_zero_init \\
         --extra=--nozero_init_residual                                 # an ablation, its own results file
 
 Runs `python -m mgn_tf.train --flagfile configs/<config>.flags` in a fresh run directory (the command a
-user types), then `python -m mgn_tf.evaluate` with the same flagfile on the network as initialised before
-its first step (same seed and settings, no training), and writes rank-1 / rank-5 / mAP of both with and
-without re-ranking next to the exact chance level, the wall time of each phase and the training log's
-step count to docs/results/<name>.json and .md.
+user types) once per --isa (native: as this CPU allows; avx2: XLA and oneDNN capped at AVX2, so that an
+AVX-512 machine also shows what an AVX2-only CPU trains), then `python -m mgn_tf.evaluate` with the same
+flagfile on the network as initialised before its first step (same seed and settings, no training), and
+writes rank-1 / rank-5 / mAP of each with and without re-ranking next to the exact chance level, the wall
+time of each phase and the training log's step count to docs/results/<name>.json and .md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
 import results  # noqa: E402
+
+from mgn_tf.runtime import ISA_CAPS, isa_environment  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -46,11 +49,11 @@ model.save_weights(out / "final.weights.h5")
 """
 
 
-def run(command: list[str], log: Path) -> float:
+def run(command: list[str], log: Path, env: dict | None = None) -> float:
     """Runs `command` from the repository root with its output in `log`; returns the wall seconds."""
     started = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run(command, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, cwd=REPO, env=env or ENV, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"{' '.join(command[:4])} failed (exit {done.returncode}):\n{tail}")
@@ -85,25 +88,42 @@ def main() -> None:
     parser.add_argument("--name", help="results file name (default training_<config>)")
     parser.add_argument("--run_dir", help="where the run goes (default: a fresh folder under /tmp)")
     parser.add_argument("--extra", action="append", default=[], help="a further training flag (repeatable)")
+    parser.add_argument(
+        "--isa", default="native", help=f"comma-separated instruction-set caps to train under, of {ISA_CAPS}"
+    )
     args = parser.parse_args()
+    isas = args.isa.split(",")
+    if not isas or set(isas) - set(ISA_CAPS) or len(set(isas)) < len(isas):
+        parser.error(f"--isa={args.isa}: a comma-separated list of distinct {', '.join(ISA_CAPS)}")
     flagfile = REPO / "configs" / f"{args.config}.flags"
     if not flagfile.is_file():
         parser.error(f"--config={args.config}: no {flagfile}")
     name = args.name or f"training_{args.config}"
-    run_dir = Path(args.run_dir or f"/tmp/mgn_bench_{name}")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    base_dir = Path(args.run_dir or f"/tmp/mgn_bench_{name}")
     common = [f"--flagfile={flagfile}", *args.extra, "--noprogress"]
 
-    print(f"training {flagfile.name} into {run_dir} (log: {run_dir}.train.log) ...", flush=True)
-    train_seconds = run(
-        [sys.executable, "-m", "mgn_tf.train", *common, f"--run_dir={run_dir}"], Path(f"{run_dir}.train.log")
-    )
-    trained = json.loads((run_dir / "eval" / "results.json").read_text())
+    runs = {}
+    for isa in isas:
+        run_dir = base_dir if isa == isas[0] else Path(f"{base_dir}_{isa}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        print(f"training {flagfile.name} ({isa}) into {run_dir} (log: {run_dir}.train.log) ...", flush=True)
+        seconds = run(
+            [sys.executable, "-m", "mgn_tf.train", *common, f"--run_dir={run_dir}"],
+            Path(f"{run_dir}.train.log"),
+            isa_environment(isa, ENV),
+        )
+        runs[isa] = {
+            "run_dir": run_dir,
+            "seconds": seconds,
+            "evaluation": json.loads((run_dir / "eval" / "results.json").read_text()),
+            "history": (run_dir / "history.csv").read_text().splitlines(),
+        }
+    run_dir = runs[isas[0]]["run_dir"]
+    trained = runs[isas[0]]["evaluation"]
     config = json.loads((run_dir / "config.json").read_text())
-    history = (run_dir / "history.csv").read_text().splitlines()
 
-    untrained_dir = Path(f"{run_dir}_untrained")
+    untrained_dir = Path(f"{base_dir}_untrained")
     shutil.rmtree(untrained_dir, ignore_errors=True)
     subprocess.run(
         [sys.executable, "-c", UNTRAINED, str(run_dir), str(untrained_dir)], cwd=REPO, env=ENV, check=True
@@ -119,7 +139,7 @@ def main() -> None:
     record = {
         "config": args.config,
         "extra_flags": args.extra,
-        "train_command_seconds": round(train_seconds, 1),
+        "train_command_seconds": {isa: round(r["seconds"], 1) for isa, r in runs.items()},
         "untrained_eval_seconds": round(eval_seconds, 1),
         "epochs": config["epochs"],
         "steps_per_epoch": config["steps_per_epoch"],
@@ -128,20 +148,25 @@ def main() -> None:
         "num_train_images": config["num_train_images"],
         "num_classes": config["num_classes"],
         "dataset": trained["dataset"],
-        "history": history,
-        "trained": summary(trained),
+        "history": {isa: r["history"] for isa, r in runs.items()},
+        "trained": {isa: summary(r["evaluation"]) for isa, r in runs.items()},
         "untrained": summary(untrained),
     }
-    rows = {"trained": record["trained"], "untrained": record["untrained"]}
+    labels = {"native": "trained", "avx2": "trained, AVX2 cap"}
+    rows = {labels[isa]: record["trained"][isa] for isa in isas}
+    rows["untrained"] = record["untrained"]
     steps = config["epochs"] * config["steps_per_epoch"]
+    minutes = ", ".join(f"{r['seconds'] / 60:.1f} min ({isa})" for isa, r in runs.items())
     notes = (
         f"`python -m mgn_tf.train --flagfile configs/{args.config}.flags {' '.join(args.extra)}`: "
         f"{config['epochs']} epochs = {steps} steps of {record['batch_size']} images at "
         f"{config['input_height']}x{config['input_width']} on {config['num_train_images']} training images "
-        f"({config['num_classes']} identities), {train_seconds / 60:.1f} min for the whole command (dataset "
-        f"generation or scan, training, final evaluation). Evaluated on {trained['dataset']['num_query']} "
-        f"queries / {trained['dataset']['num_gallery']} gallery images; 'untrained' is the same network "
-        "as initialised before its first step; 'chance' is the exact expectation under a random order."
+        f"({config['num_classes']} identities), {minutes} for the whole command (dataset generation or "
+        f"scan, training, final evaluation). 'AVX2 cap': the same command with XLA and oneDNN capped at "
+        "AVX2 (`XLA_FLAGS=--xla_cpu_max_isa=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`), as an AVX2-only CPU computes "
+        f"it. Evaluated on {trained['dataset']['num_query']} queries / {trained['dataset']['num_gallery']} "
+        "gallery images; 'untrained' is the same network as initialised before its first step; 'chance' "
+        "is the exact expectation under a random order."
     )
     path = results.write(name, f"Training run: configs/{args.config}.flags", record, table(rows), notes)
     print(table(rows))

@@ -12,7 +12,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "docs" / "results"
+sys.path.insert(0, str(REPO))
+
+from mgn_tf.runtime import cpu_flags  # noqa: E402
 
 
 def machine() -> dict:
@@ -31,7 +35,9 @@ def machine() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "versions": versions}
+    flags = cpu_flags()
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return {"cpu": cpu, "cpus": os.cpu_count(), "isa": isa, "versions": versions}
 
 
 def write(name: str, title: str, data: dict, table: str, notes: str = "") -> Path:
@@ -47,7 +53,8 @@ def write(name: str, title: str, data: dict, table: str, notes: str = "") -> Pat
     m = info["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     header = (
-        f"# {title}\n\nWritten by `{info['command']}` on {info['date']}: {m['cpu']}, {m['cpus']} CPUs; "
+        f"# {title}\n\nWritten by `{info['command']}` on {info['date']}: {m['cpu']}, {m['cpus']} CPUs "
+        f"({', '.join(m['isa']) or 'no x86 ISA flags'}); "
         f"{versions}. Data: [{path.name}]({path.name}).\n\n"
     )
     (RESULTS_DIR / f"{name}.md").write_text(

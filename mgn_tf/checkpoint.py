@@ -104,6 +104,19 @@ class BatchCounter(keras.callbacks.Callback):
         self.position += 1
 
 
+class StopAtStep(keras.callbacks.Callback):
+    """Ends training once the run's position reaches `step` (--max_steps); listed right after the
+    BatchCounter. Keras then ends the epoch as usual, so its history row and checkpoint are written."""
+
+    def __init__(self, counter: BatchCounter, step: int):
+        super().__init__()
+        self.counter, self.step = counter, step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.counter.position >= self.step:
+            self.model.stop_training = True
+
+
 class CheckpointCallback(keras.callbacks.Callback):
     """Saves every `every_steps` batches (0: never mid-epoch) and at the end of every epoch."""
 

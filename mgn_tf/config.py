@@ -37,6 +37,7 @@ NOT_COMPARED_ON_RESUME: dict[str, str] = {
     "num_replicas": "the devices (the global batch and its order stay the same)",
     "xla": "compilation, not a different computation",
     "checkpoint_every_steps": "when checkpoints are written",
+    "max_steps": "where this command stops, not what a step computes (a later command trains on)",
     "scan_data": "the scan itself (what it removes shows in num_train_images, which is compared)",
     "strict_data": "whether a bad file stops the run",
     "on_bad_file": "what happens to a file that goes bad mid-run (every replacement is listed)",
@@ -90,6 +91,7 @@ class TrainConfig:
     k: int = 4
     epochs: int = 80
     steps_per_epoch: int = 0
+    max_steps: int = 0
     optimizer: str = "sgd"
     lr: float = 0.01
     lr_decay_epochs: tuple[int, ...] = (40, 60)
@@ -179,6 +181,7 @@ class TrainConfig:
         need(
             self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0 (0 = one pass over the training set)"
         )
+        need(self.max_steps >= 0, "max_steps", "must be >= 0 (0: train every epoch)")
         one_of("optimizer", OPTIMIZERS)
         need(self.lr > 0, "lr", "must be > 0")
         need(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")

@@ -23,6 +23,7 @@ from mgn_tf.checkpoint import (
     BatchCounter,
     CheckpointCallback,
     NonFiniteGuard,
+    StopAtStep,
     latest_checkpoint,
     restore_checkpoint,
 )
@@ -345,6 +346,8 @@ def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None 
     # Epoch end, in this order: the evaluation adds its figures to the logs, the history row and then
     # the checkpoint are written (so a checkpoint implies both), then TensorBoard and the user's.
     run_callbacks = [counter, NonFiniteGuard(checkpoint_dir, counter, steps_per_epoch)]
+    if config.max_steps:
+        run_callbacks.insert(1, StopAtStep(counter, config.max_steps))
     if validation is not None and chief:
         run_callbacks.append(
             PeriodicEvaluation(
@@ -391,10 +394,12 @@ def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None 
     fit_options = dict(callbacks=run_callbacks, verbose=config.verbose, shuffle=False)
     started = time.time()
     frozen = False
+    segments = _fit_segments(start, steps_per_epoch, config.epochs, config.freeze_backbone_epochs)
+    if config.max_steps and start >= config.max_steps:
+        print(f"--max_steps={config.max_steps}: the run is at step {start} already", flush=True)
+        segments = []
     try:
-        for first, end, step, freeze in _fit_segments(
-            start, steps_per_epoch, config.epochs, config.freeze_backbone_epochs
-        ):
+        for first, end, step, freeze in segments:
             if freeze != frozen:
                 set_backbone_trainable(mgn, not freeze)
                 trainer.train_function = None  # traced again over the variables now trainable
@@ -408,8 +413,10 @@ def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None 
                 steps_per_epoch=steps_per_epoch - step,
                 **fit_options,
             )
-            if trainer.stop_training:  # a callback (e.g. EarlyStopping) ended the run
-                print(f"Training stopped by a callback after step {counter.position}", flush=True)
+            if trainer.stop_training:  # --max_steps, or a callback (e.g. EarlyStopping), ended the run
+                reached = config.max_steps and counter.position >= config.max_steps
+                by = f"--max_steps={config.max_steps}" if reached else "a callback"
+                print(f"Training stopped by {by} after step {counter.position}", flush=True)
                 break
     except tf.errors.OpError as exc:
         if bad_files.fatal is not None:  # raised by the pipeline, reached by fit at that batch

@@ -88,6 +88,13 @@ def define_train_flags() -> list[str]:
         flags.DEFINE_integer(
             "steps_per_epoch", d.steps_per_epoch, "Batches per epoch; 0 = one pass over the training set."
         )
+        flags.DEFINE_integer(
+            "max_steps",
+            d.max_steps,
+            "Stop this command after step N of the run (0: train every epoch), e.g. to check a config in "
+            "seconds: the step's checkpoint and final weights are written, and the same command without "
+            "it (or with a larger N) continues from there.",
+        )
         flags.DEFINE_enum(
             "optimizer",
             d.optimizer,

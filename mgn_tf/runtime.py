@@ -32,6 +32,39 @@ STARTUP_NOISE = (
 )
 
 
+# Instruction-set caps: "native" runs as the CPU allows; "avx2" makes XLA's code generator and oneDNN (the
+# kernels of TensorFlow and OpenVINO) stop at AVX2, so an AVX-512 / AMX machine computes what an AVX2-only
+# CPU does (tests/test_numerics.py checks that the cap reaches all three). Read when the libraries load:
+# apply it to a new process's environment.
+ISA_CAPS = ("native", "avx2")
+
+
+def isa_environment(isa: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of `environ` (default: this process's) for a child process running with `isa`."""
+    env = dict(os.environ if environ is None else environ)
+    if isa == "native":
+        return env
+    if isa != "avx2":
+        raise ValueError(f"isa must be one of {', '.join(ISA_CAPS)}, got {isa!r}")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
+    env["ONEDNN_MAX_CPU_ISA"] = "AVX2"  # oneDNN: TensorFlow's, OpenVINO's and PyTorch's
+    # What the benchmarks compare against runs capped the same way: PyTorch's own kernels, MKL, and the
+    # OpenBLAS of numpy's wheels (the sgemm ceiling).
+    env.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", OPENBLAS_CORETYPE="Haswell")
+    return env
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags /proc/cpuinfo lists (empty where there is none, e.g. macOS)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def onednn_off() -> bool:
     """Whether TensorFlow (imported or still to be imported) runs with oneDNN kernels off."""
     return os.environ.get(ONEDNN_ENV) == "0"

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from absl import flags
@@ -100,33 +99,20 @@ def test_importing_the_commands_defines_no_flags():
 
 REPO = Path(__file__).resolve().parents[1]
 README_CONFIG = "synthetic"  # README command 1: python -m mgn_tf.train --flagfile configs/synthetic.flags
-# The paper configs' 384x128 input and 64-image batches, reduced to what two CPU cores train in seconds.
+# The paper configs' 384x128 input and the 64-image batches, reduced to what two CPU cores train in seconds.
 SMALL = {"input_height": 96, "input_width": 32, "p": 4, "k": 2}
-
-
-class StepLog(keras.callbacks.Callback):
-    """Records the logs of every step and stops the run after `steps` steps."""
-
-    def __init__(self, steps: int):
-        super().__init__()
-        self.steps, self.logs = steps, []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.logs.append({k: float(v) for k, v in (logs or {}).items()})
-        if len(self.logs) >= self.steps:
-            self.model.stop_training = True
 
 
 @pytest.mark.own_worker_unit(minutes=3)
 def test_the_readme_command_trains_with_every_flag_of_its_config(tmp_path):
     """README command 1 through the real command line, every flag of configs/synthetic.flags as it is
-    (--xla included), only the data and run folders moved and each epoch cut to 8 steps: 3 epochs whose
+    (--xla included), only the data and run folders moved and each epoch cut to 6 steps: 3 epochs whose
     losses are finite and fall, then the evaluation."""
     config = REPO / "configs" / f"{README_CONFIG}.flags"
     assert "--xla" in config.read_text().split()
     command = [
         sys.executable, "-m", "mgn_tf.train", f"--flagfile={config}", f"--data_dir={tmp_path / 'data'}",
-        f"--run_dir={tmp_path / 'run'}", "--steps_per_epoch=8", "--norerank", "--num_ranked_queries=0",
+        f"--run_dir={tmp_path / 'run'}", "--steps_per_epoch=6", "--norerank", "--num_ranked_queries=0",
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
@@ -142,36 +128,52 @@ def test_the_readme_command_trains_with_every_flag_of_its_config(tmp_path):
 OTHER_CONFIGS = [path for path in CONFIGS if path.stem != README_CONFIG]
 
 
+def train_command(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "mgn_tf.train", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.own_worker_unit(minutes=0.5)
 @pytest.mark.parametrize("path", OTHER_CONFIGS, ids=lambda p: p.stem)
 def test_every_other_config_trains_two_steps_with_its_own_flags(path, tmp_path, mini_market_dir, cuhk01_dir):
-    """Each config's own reader, optimizer, schedule, augmentations and losses, on real images laid out as
-    its dataset (tests/helpers/layouts.py), for two steps with finite losses. Changed: the folders, the
-    input size and batch where the config asks for 384x128 and 64 images, and ImageNet weights (not
-    downloadable here) for none."""
+    """Each config through the command line with its own reader, optimizer, schedule, augmentations and
+    losses, on real images laid out as its dataset (tests/helpers/layouts.py), stopped by --max_steps=2
+    with finite losses. Changed: the folders, the input size to 96x32 and the batch to 4 x 2 images,
+    ImageNet weights (not downloadable here) for none. market1501 then continues to step 3 (--max_steps
+    resumes)."""
     from helpers.exported import make_run_dir
 
-    from mgn_tf import engine
-
     config = parse(path)
-    config.data_dir = str(dataset_root(config.dataset, mini_market_dir, tmp_path / "data", cuhk01_dir))
-    config.run_dir = str(tmp_path / "run")
+    data_dir = dataset_root(config.dataset, mini_market_dir, tmp_path / "data", cuhk01_dir)
+    run = tmp_path / "run"
+    args = [
+        f"--flagfile={path}",
+        f"--data_dir={data_dir}",
+        f"--run_dir={run}",
+        "--noeval_at_end",
+        "--verbose=2",
+    ]
     if config.init_from:  # a finished run of another config
-        config.init_from = str(make_run_dir(tmp_path / "source"))
+        args.append(f"--init_from={make_run_dir(tmp_path / 'source')}")
     if config.backbone_weights == "imagenet":
-        config.backbone_weights = "none"
-    if config.input_size != (96, 32):
-        for name, value in SMALL.items():
-            setattr(config, name, value)
-    config.eval_at_end, config.verbose = False, 0
-    config.validate()
-    steps = StepLog(2)
-    keras.backend.clear_session()
-    engine.configure_runtime(config)
-    engine.train(config, callbacks=[steps])
-    assert len(steps.logs) == 2
-    assert all(np.isfinite(list(logs.values())).all() for logs in steps.logs), steps.logs
-    assert (tmp_path / "run" / "final.weights.h5").is_file()
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+        args.append("--backbone_weights=none")
+    args += [f"--{name}={value}" for name, value in SMALL.items() if getattr(config, name) != value]
+    result = train_command(*args, "--max_steps=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Training stopped by --max_steps=2 after step 2" in result.stdout
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert (
+        len(history) == 1
+        and np.isfinite([float(history[0][k]) for k in ("loss", "softmax", "triplet")]).all()
+    )
+    assert (run / "checkpoints" / "step_00000002").is_dir() and (run / "final.weights.h5").is_file()
+    recorded = json.loads((run / "config.json").read_text())
     keys = ("dataset", "optimizer", "lr", "lr_schedule", "warmup_epochs", "momentum", "weight_decay",
             "margin", "flip", "pad_crop", "random_erasing", "label_smoothing", "xla", "epochs")  # fmt: skip
     assert {k: recorded[k] for k in keys} == {k: getattr(config, k) for k in keys}
+    if path.stem == "market1501":
+        resumed = train_command(*args, "--max_steps=3")
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert "(step 2)" in resumed.stdout and "after step 3" in resumed.stdout

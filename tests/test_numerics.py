@@ -32,10 +32,19 @@ import tensorflow as tf
 
 from mgn_tf.model import BatchNormalization, build_mgn
 from mgn_tf.optimizer import SGDL2, AdamL2
+from mgn_tf.runtime import cpu_flags, isa_environment
 
 MODES = ("eager", "function", "xla")
 CAP_ENV = "MGN_NUMERICS_ISA_CAP"  # set in the capped subprocess
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def release_models():
+    """Each test's models freed after it: a whole MGN and its optimizer state are ~1 GB, and an xdist
+    worker runs other modules in the same process afterwards."""
+    yield
+    keras.backend.clear_session(free_memory=True)
 
 
 def in_mode(fn, mode: str):
@@ -207,11 +216,9 @@ def test_adam_l2_equals_its_formula(mode):
     np.testing.assert_allclose(got, w, rtol=2e-6, atol=1e-7)
 
 
-# --- the whole training step -----------------------------------------------------------------------------
+# --- real images -----------------------------------------------------------------------------------------
 
 STEP_SIZE = (96, 32)
-STEPS = 3
-LR, L2, SGD_MOMENTUM = 0.01, 5e-4, 0.9  # the paper's SGD
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +235,54 @@ def step_batch(shared_dir) -> tuple[np.ndarray, np.ndarray]:
     assert len(chosen) == 4, "mini_market1501 needs 4 identities with 2 training images"
     images = load_images([p for group in chosen for p in group], STEP_SIZE)
     return images.astype(np.float32), np.repeat(np.arange(4), 2).astype(np.int32)
+
+
+# --- inference: the frozen graph and OpenVINO ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inference_model():
+    """A seeded model with distinct branches and BatchNorm statistics away from (0, 1), so that folding
+    them into the convolutions matters."""
+    from helpers.perturb import distinct_fresh_model
+
+    model = distinct_fresh_model(4, STEP_SIZE)
+    rng = np.random.default_rng(2)
+    for variable in model.non_trainable_variables:
+        if "moving_mean" in variable.path:
+            variable.assign(rng.normal(0, 0.5, variable.shape))
+        elif "moving_variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape))
+    return model
+
+
+@pytest.mark.parametrize("engine", ["variables xla", "tensorflow frozen", "openvino"])
+def test_inference_engines_embed_like_keras(engine, inference_model, step_batch, tmp_path):
+    """Each engine a run's model can run on, against Keras's eager call on the variables."""
+    from mgn_tf.inference import KerasEmbedder
+    from mgn_tf.model import embedding_model
+
+    images = step_batch[0]
+    expected = embedding_model(inference_model)(images, training=False).numpy()
+    if engine == "variables xla":
+        function = tf.function(
+            lambda x: embedding_model(inference_model)(x, training=False), jit_compile=True
+        )
+        got = function(tf.constant(images)).numpy()
+    else:
+        runtime = "native" if engine == "tensorflow frozen" else "openvino"
+        embedder = KerasEmbedder(inference_model, tmp_path, frozen=True, runtime=runtime)
+        assert embedder.engine == engine
+        got = embedder.embed(images)
+    error = np.abs(got - expected).max() / np.abs(expected).max()
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert error < 1e-4 and cosine.min() > 1 - 1e-6, (error, cosine.min())
+
+
+# --- the whole training step -----------------------------------------------------------------------------
+
+STEPS = 3
+LR, L2, SGD_MOMENTUM = 0.01, 5e-4, 0.9  # the paper's SGD
 
 
 def _step_model(plain: bool) -> keras.Model:
@@ -282,11 +337,11 @@ def reference_steps(step_batch) -> list[dict]:
     # The optimizer's order (the trainer's trainable variables), in which the momentum buffers are compared.
     variables = trainer.trainable_variables
     velocity = [np.zeros(v.shape) for v in variables]
+    state = {"weights": [w.numpy() for w in model.weights], "velocity": [np.float32(v) for v in velocity]}
     steps = []
     for _ in range(STEPS):
-        before = {"weights": [w.numpy() for w in model.weights], "velocity": [v.copy() for v in velocity]}
         gap = smallest_max_gap(model, images)
-        for variable, value in zip(model.weights, before["weights"], strict=True):
+        for variable, value in zip(model.weights, state["weights"], strict=True):
             variable.assign(value)  # that call moved the BatchNorm statistics
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(trainer.compute_losses(images, labels, training=True)["loss"])
@@ -296,8 +351,10 @@ def reference_steps(step_batch) -> list[dict]:
             v *= SGD_MOMENTUM
             v += grad.numpy() + L2 * w
             variable.assign(w - LR * v)
-        after = {"weights": [w.numpy() for w in model.weights], "velocity": [v.copy() for v in velocity]}
-        steps.append({"loss": float(loss), "before": before, "after": after, "max_gap": gap})
+        # float32 copies, shared as one step's "after" and the next one's "before": 69M parameters each
+        after = {"weights": [w.numpy() for w in model.weights], "velocity": [np.float32(v) for v in velocity]}
+        steps.append({"loss": float(loss), "before": state, "after": after, "max_gap": gap})
+        state = after
     return steps
 
 
@@ -371,73 +428,19 @@ def _pair(step: dict, key: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return step["before"][key], step["after"][key]
 
 
-# --- inference: the frozen graph and OpenVINO ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def inference_model():
-    """A seeded model with distinct branches and BatchNorm statistics away from (0, 1), so that folding
-    them into the convolutions matters."""
-    from helpers.perturb import distinct_fresh_model
-
-    model = distinct_fresh_model(4, STEP_SIZE)
-    rng = np.random.default_rng(2)
-    for variable in model.non_trainable_variables:
-        if "moving_mean" in variable.path:
-            variable.assign(rng.normal(0, 0.5, variable.shape))
-        elif "moving_variance" in variable.path:
-            variable.assign(rng.uniform(0.5, 2.0, variable.shape))
-    return model
-
-
-@pytest.mark.parametrize("engine", ["variables xla", "tensorflow frozen", "openvino"])
-def test_inference_engines_embed_like_keras(engine, inference_model, step_batch, tmp_path):
-    """Each engine a run's model can run on, against Keras's eager call on the variables."""
-    from mgn_tf.inference import KerasEmbedder
-    from mgn_tf.model import embedding_model
-
-    images = step_batch[0]
-    expected = embedding_model(inference_model)(images, training=False).numpy()
-    if engine == "variables xla":
-        function = tf.function(
-            lambda x: embedding_model(inference_model)(x, training=False), jit_compile=True
-        )
-        got = function(tf.constant(images)).numpy()
-    else:
-        runtime = "native" if engine == "tensorflow frozen" else "openvino"
-        embedder = KerasEmbedder(inference_model, tmp_path, frozen=True, runtime=runtime)
-        assert embedder.engine == engine
-        got = embedder.embed(images)
-    error = np.abs(got - expected).max() / np.abs(expected).max()
-    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
-    assert error < 1e-4 and cosine.min() > 1 - 1e-6, (error, cosine.min())
-
-
 # --- the same matrix as an AVX2-only CPU computes it -----------------------------------------------------
-
-
-def cpu_has_avx512() -> bool:
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-def avx2_cap_env() -> dict[str, str]:
-    """The environment that makes XLA and oneDNN (TensorFlow's and OpenVINO's) compute as on AVX2."""
-    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
-    return {**os.environ, "XLA_FLAGS": xla_flags, "ONEDNN_MAX_CPU_ISA": "AVX2", CAP_ENV: "AVX2"}
 
 
 @pytest.mark.own_worker_unit(minutes=3)
 @pytest.mark.skipif(bool(os.environ.get(CAP_ENV)), reason="already running under the cap")
-@pytest.mark.skipif(not cpu_has_avx512(), reason="no AVX-512 here: the matrix above already ran as on AVX2")
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="no AVX-512 here: the matrix above ran as on AVX2")
 def test_the_matrix_under_an_avx2_cap(tmp_path):
     """This module again, in a process whose XLA and oneDNN stop at AVX2; its own first test checks that
     the cap reached them."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                "-o", "addopts=", f"--basetemp={tmp_path / 'capped'}", str(Path(__file__))]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, env=avx2_cap_env(), capture_output=True, text=True)
+    env = {**isa_environment("avx2"), CAP_ENV: "AVX2"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
