@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mgn_tf import artifacts
+from mgn_tf import artifacts, locks
 from mgn_tf.checkpoint import (
     BatchCounter,
     CheckpointCallback,
@@ -277,7 +277,14 @@ def train(config: TrainConfig, callbacks: list[keras.callbacks.Callback] | None 
     strategy = make_strategy(config)  # first: MultiWorkerMirroredStrategy must precede any TF op
     keras.utils.set_random_seed(config.seed)
     run_dir, chief = worker_run_dir(Path(config.run_dir), strategy)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # One process per run directory (each worker has its own): a second one is refused at once, naming
+    # the first, instead of writing the same checkpoints and history.
+    with locks.hold(run_dir, f"--run_dir={run_dir}"):
+        return _train_in(run_dir, chief, config, strategy, callbacks)
+
+
+def _train_in(run_dir: Path, chief: bool, config: TrainConfig, strategy, callbacks) -> dict:
+    """`train` in its run directory, whose lock this process holds."""
     splits = _load_splits(config)
     tests = [] if config.combine_all else [s for s in splits if s.query and s.gallery]
     if config.eval_at_end and config.combine_all:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import flags
 
-from mgn_tf import cli
+from mgn_tf import cli, locks
 from mgn_tf.artifacts import EVAL_DIR
 from mgn_tf.errors import ConfigError
 from mgn_tf.evaluation.settings import EvalSettings
@@ -178,10 +178,11 @@ def main(argv: list[str]) -> int:
     try:
         settings = eval_settings_from_flags()
         job = job_from_flags()
-        if job.load_features:
-            evaluate_feature_file(job, settings)
-        else:
-            evaluate_model(job, settings)
+        with locks.hold(job.out_dir, f"--out_dir={job.out_dir}"):  # one evaluation writes a folder
+            if job.load_features:
+                evaluate_feature_file(job, settings)
+            else:
+                evaluate_model(job, settings)
     except ImageReadError as exc:
         print(f"error: cannot read an image: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 4

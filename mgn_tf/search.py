@@ -60,6 +60,12 @@ def define_flags() -> list[str]:
     flags.DEFINE_bool(
         "flip", True, "index: average each image's features with its mirror image's (paper §4.1)."
     )
+    flags.DEFINE_float(
+        "lock_timeout",
+        600,
+        "index: seconds to wait while another process writes the same index (-1: as long as it takes, "
+        "0: fail at once).",
+    )
     flags.DEFINE_bool("normalize", True, "index: L2-normalise the features (distances are then in [0, 2]).")
     flags.DEFINE_bool("float16", False, "index: store the features as float16 (half the disk and memory).")
     flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
@@ -176,10 +182,15 @@ def run_index() -> int:
             model = model_info(embedder, flip=F.flip, normalize=F.normalize)
             gallery = Gallery(model, "float16" if F.float16 else "float32", embedder)
             counts = gallery.add(paths, F.batch_size, F.progress)
+        report_skipped(gallery.skipped[len(gallery.skipped) - counts["skipped"] :], "gallery")
+        gallery.save(directory, lock_timeout=None if F.lock_timeout < 0 else F.lock_timeout)
     except GalleryError as exc:
         raise ConfigError(f"--index={directory}: {exc}") from exc
-    report_skipped(gallery.skipped[len(gallery.skipped) - counts["skipped"] :], "gallery")
-    gallery.save(directory)
+    if merged := gallery.merged["others"]:
+        print(f"Meanwhile another process added {merged} image(s) to {directory}; they are kept", flush=True)
+    if duplicates := gallery.merged["duplicates"]:
+        counts["added"] -= duplicates
+        counts["already_indexed"] += duplicates
     print(
         f"Indexed {counts['added']} image(s) into {directory} ({len(gallery)} in all; {counts['skipped']} "
         f"skipped as unreadable, {counts['already_indexed']} already indexed) in "

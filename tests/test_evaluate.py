@@ -167,6 +167,23 @@ def test_cli_load_features_reproduces_the_numbers_without_a_model(evaluated, mar
     assert second["settings"]["load_features"] == str(features)
 
 
+def test_cli_refuses_an_out_dir_another_process_writes(evaluated, market_flags, tmp_path):
+    """One evaluation writes a folder: a second one exits 2 at once, naming the holder's pid."""
+    from helpers.locking import hold_elsewhere
+
+    _, _, features = evaluated
+    holder = hold_elsewhere(tmp_path)
+    try:
+        refused = run_evaluate(*market_flags, f"--load_features={features}", f"--out_dir={tmp_path}")
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-3000:]
+    assert f"--out_dir={tmp_path} is in use by pid {holder.pid} on " in errors[0]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "results.json").exists()
+
+
 def test_cli_evaluates_a_checkpoint_of_the_run(evaluated, market_flags, run_dir, tmp_path):
     """--weights=<run>/checkpoints/step_N: config.json two folders up; the same weights, the same numbers."""
     done, out, _ = evaluated

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -134,6 +135,60 @@ def test_add_gives_the_same_results_as_indexing_everything_at_once(setup, querie
             [m["distance"] for m in a["matches"]], [m["distance"] for m in b["matches"]], atol=1e-6
         )
     assert len(json.loads((index / "index.json").read_text())["shards"]) == 2
+
+
+def test_concurrent_adds_both_land_and_a_killed_writer_blocks_neither(setup, truth):
+    """Two `index --add` of different folders started together into one index: afterwards it holds the
+    union, each image once with its own embedding (the brute-force truth), and a query finds each image
+    itself first. Before them: a writer holding the index's lock makes an add with --lock_timeout=0 exit 2
+    naming it, and once that writer is SIGKILLed it blocks no one."""
+    from helpers.locking import hold_elsewhere
+
+    from mgn_tf.gallery import Gallery
+
+    index = setup["root"] / "index_concurrent"
+    gallery, first = setup["gallery"], sorted(setup["gallery"].glob("cam_a/*.jpg"))[:2]
+    images = ",".join(map(str, first))
+    search("index", "--weights", str(setup["run"]), "--images", images, "--index", str(index))
+    holder = hold_elsewhere(index)
+    try:
+        refused = search("index", "--add", "--images", str(gallery / "cam_a"), "--index", str(index),
+                         "--lock_timeout=0", check=False)  # fmt: skip
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert refused.returncode == 2 and f"is in use by pid {holder.pid}" in refused.stderr, refused.stderr
+    adds = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mgn_tf.search",
+                "index",
+                "--add",
+                "--images",
+                str(folder),
+                "--index",
+                str(index),
+                "--noprogress",
+            ],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for folder in (gallery / "cam_a", gallery / "cam_b")
+    ]
+    outputs = [add.communicate(timeout=600) for add in adds]
+    assert [add.returncode for add in adds] == [0, 0], [err[-2000:] for _, err in outputs]
+    files, g, _ = truth
+    stored = Gallery.load(index)
+    paths = [item.path for item in stored.items]
+    assert sorted(paths) == files  # every readable image of both folders, once
+    rows = np.concatenate([np.asarray(f) for f in stored.features]).astype(np.float64)
+    np.testing.assert_allclose(rows, g[[files.index(p) for p in paths]], atol=2e-5)
+    assert [m[0].path for m in stored.search(rows, k=1).matches] == paths
 
 
 def test_another_model_is_refused_in_one_line(setup, indexed):

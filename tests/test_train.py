@@ -400,6 +400,41 @@ def test_killed_and_resumed_twice_ends_with_the_same_weights(dataset, tmp_path):
     assert differ == 0, f"killed at {first} and {second}: {differ}/{len(a)} arrays differ (max {worst:.3g})"
 
 
+def test_a_second_trainer_of_a_run_dir_is_refused_and_a_killed_one_resumes_at_once(dataset, tmp_path):
+    """One process per run directory: a second mgn-train there exits 2 naming the first (pid, host, start
+    time); after the first is SIGKILLed, the next one takes the directory at once and resumes."""
+    run = tmp_path / "run"
+    common = ["--dataset=folder", f"--data_dir={dataset}", f"--run_dir={run}", *TINY, "--epochs=50",
+              "--steps_per_epoch=1", "--eval_at_end=false", "--scan_data=false"]  # fmt: skip
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "mgn_tf.train", *common], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )  # fmt: skip
+    try:
+        from mgn_tf.locks import holder
+
+        while (holder(run) or {}).get("pid") != first.pid:  # it holds the folder
+            assert first.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        second = run_train(*common)  # while the first builds its model and trains
+        while not (run / "checkpoints" / "step_00000001" / "state.json").is_file():
+            assert first.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
+    assert second.returncode == 2 and len(errors) == 1, second.stderr[-3000:]
+    assert f"--run_dir={run} is in use by pid {first.pid} on {socket.gethostname()} since " in errors[0]
+    assert "python -m mgn_tf.train" in errors[0] and "Traceback" not in second.stderr
+    done = max(int(c.parent.name[5:]) for c in (run / "checkpoints").glob("step_*/state.json"))
+    resumed = run_train(*common, f"--max_steps={done}")  # takes the folder, restores, trains no step
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"(step {done})" in resumed.stdout and f"the run is at step {done} already" in resumed.stdout
+
+
 # --- two local workers ---------------------------------------------------------------------------------
 
 

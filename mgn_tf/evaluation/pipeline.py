@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mgn_tf import locks
 from mgn_tf.artifacts import RESULTS_JSON
 from mgn_tf.data.datasets import Split
 from mgn_tf.errors import ConfigError
@@ -139,7 +140,13 @@ def evaluate_features(
         print("--ranked_response_maps: skipped, features read from a file have no model to run", flush=True)
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Another evaluation writing there finishes first: two never interleave their files.
+    with locks.hold(out_dir, f"the evaluation folder {out_dir}", timeout=None):
+        return _write_evaluation(features, settings, out_dir, started, loaded_from, save_features_to,
+                                 response_maps_of)  # fmt: skip
+
+
+def _write_evaluation(features, settings, out_dir, started, loaded_from, save_features_to, response_maps_of):
     runs, groups, show = rankings(features, settings)
     _, q_pids, q_cams = item_arrays(features.query_items)
     _, g_pids, g_cams = item_arrays(features.gallery_items)

@@ -11,7 +11,8 @@ and its fingerprint), `probe.npy` (the fingerprint: embeddings of fixed syntheti
 shard per build or add: `features_NNNNN.npy` ([n, D] float32 or float16, np.load-able) and
 `items_NNNNN.jsonl` (one {"path", "pid", "camera"} per line; pid and camera parsed from Market-1501
 style names like 0002_c1s1_000451_03.jpg, else null). index.json is written last, so an interrupted
-add leaves the index as it was.
+add leaves the index as it was. Writers take the folder's lock (mgn_tf.locks) from re-reading index.json
+to writing it, so concurrent adds all land (see Gallery.save).
 
 The fingerprint makes "same model" checkable across formats: a run directory and its fp32 SavedModel /
 TFLite / ONNX exports give the same probe embeddings (cosine >= FINGERPRINT_MIN_COSINE), another model
@@ -221,6 +222,7 @@ class Gallery:
         self.shards: list[Shard] = []
         self.skipped: list[dict] = []
         self.root: Path | None = None
+        self.merged: dict | None = None  # what the last save merged (see save)
         self._faiss: dict[tuple, knn.FaissIndex] = {}
 
     # ------------------------------------------------------------------ building
@@ -295,19 +297,71 @@ class Gallery:
         return f"Gallery({len(self)} images, {self.dim}-d {self.dtype}, model={self.model.source!r})"
 
     # ------------------------------------------------------------------ files
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Writes the gallery to `directory` (new shards only when it is where it was loaded from)."""
+    def save(self, directory: str | os.PathLike, lock_timeout: float | None = 600.0) -> Path:
+        """Writes the gallery to `directory`: a new index there, or, when the gallery was loaded from it,
+        its new shards added to the index as it is now.
+
+        The folder's lock (mgn_tf.locks) is held from re-reading index.json to writing it, so two
+        processes adding to one index both land: images another process added since this gallery was
+        loaded are kept (and become part of this gallery), and new images it indexed meanwhile are not
+        stored twice. `lock_timeout`: seconds to wait for another writer (None: as long as it takes).
+        Returns the folder; `.merged` says what the merge found ({"others", "duplicates"})."""
+        from mgn_tf import locks
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        same = self.root is not None and self.root.resolve() == directory.resolve()
-        if not same and (directory / INDEX_JSON).exists():
+        with locks.hold(directory, f"the index {directory}", lock_timeout):
+            same = self.root is not None and self.root.resolve() == directory.resolve()
+            if (directory / INDEX_JSON).exists():
+                if not same:
+                    raise GalleryError(
+                        f"{directory} already holds an index (another process may have just written it); "
+                        "load it to add images, or use a new folder"
+                    )
+                self.merged = self._merge_current(directory)
+            else:
+                self.merged = {"others": 0, "duplicates": 0}
+                if not same:  # a copy: every shard written anew
+                    for shard in self.shards:
+                        shard.file = None
+            self._write(directory)
+        self.root = directory
+        return directory
+
+    def _merge_current(self, directory: Path) -> dict:
+        """Takes the shards of the index as it is now in `directory` (under its lock), with this
+        gallery's unsaved shards after them less the images already there."""
+        current = Gallery.load(directory)
+        if current.dtype != self.dtype or current.dim != self.dim:
             raise GalleryError(
-                f"{directory} already holds an index; load it to add images, or use a new folder"
+                f"{directory} now holds {current.dim}-d {current.dtype} features, this gallery "
+                f"{self.dim}-d {self.dtype}: another process rebuilt the index"
             )
-        used = {s.file for s in self.shards if same and s.file}
+        mine = {s.file for s in self.shards if s.file}
+        others = sum(len(s.items) for s in current.shards if s.file not in mine)
+        there = {item.path for item in current.items}
+        fresh, duplicates = [], 0
+        for shard in (s for s in self.shards if not s.file):
+            keep = [i for i, item in enumerate(shard.items) if item.path not in there]
+            duplicates += len(shard.items) - len(keep)
+            there.update(shard.items[i].path for i in keep)
+            if len(keep) == len(shard.items):
+                fresh.append(shard)
+            elif keep:
+                rows = np.asarray(shard.features)[keep]
+                fresh.append(Shard(rows, [shard.items[i] for i in keep], None, shard.added))
+        known = {json.dumps(entry, sort_keys=True) for entry in current.skipped}
+        skipped = current.skipped + [s for s in self.skipped if json.dumps(s, sort_keys=True) not in known]
+        self.shards, self.skipped = current.shards + fresh, skipped
+        self._faiss.clear()
+        return {"others": others, "duplicates": duplicates}
+
+    def _write(self, directory: Path) -> None:
+        """Writes the unsaved shards under names the index does not use, then probe.npy and index.json
+        (last: a reader never sees an index whose files are not all there)."""
+        used = {s.file for s in self.shards if s.file}
         number = 0
         for shard in self.shards:
-            if same and shard.file:
+            if shard.file:
                 continue
             while f"features_{number:05d}.npy" in used:
                 number += 1
@@ -331,8 +385,6 @@ class Gallery:
             "skipped": self.skipped,
         }  # fmt: skip
         atomic_write_json(directory / INDEX_JSON, record)
-        self.root = directory
-        return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, embedder: Embedder | None = None) -> Gallery:
