@@ -236,8 +236,9 @@ def test_resume_refuses_other_settings_and_lets_epochs_grow(dataset, tmp_path):
     run = tmp_path / "run"
     common = ["--dataset=folder", f"--data_dir={data}", f"--run_dir={run}", *TINY, "--steps_per_epoch=2",
               "--eval_at_end=false", "--scan_data=false"]  # fmt: skip
-    first = run_train(*common, "--epochs=1")
+    first = run_train(*common, "--epochs=2", "--max_steps=2")  # stops after epoch 1; `longer` goes on
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "Training stopped by --max_steps=2 after step 2" in first.stdout
     config_before = (run / "config.json").read_text()
 
     changed = run_train(*common, "--epochs=1", "--margin=0.5", "--lr=0.02", "--noflip")
@@ -564,8 +565,9 @@ def test_mixed_precision_runs_on_cpu_and_its_checkpoints_resume(dataset, tmp_pat
     common = ["--dataset=folder", f"--data_dir={dataset}", f"--run_dir={run}", *TINY, "--mixed_precision",
               "--steps_per_epoch=2", "--checkpoint_every_steps=1", "--eval_at_end=false",
               "--scan_data=false"]  # fmt: skip
-    first = run_train(*common, "--epochs=1")
+    first = run_train(*common, "--epochs=2", "--max_steps=2")  # stops after epoch 1; `longer` goes on
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "Training stopped by --max_steps=2 after step 2" in first.stdout
     assert (run / "checkpoints" / "step_00000002").is_dir()
     resumed = run_train(*common, "--epochs=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
