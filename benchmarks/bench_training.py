@@ -4,6 +4,8 @@
     python benchmarks/bench_training.py --config cuhk01               # the real CUHK01 images in ../shared
     python benchmarks/bench_training.py --config synthetic --name training_synthetic_no_zero_init \\
         --extra=--nozero_init_residual                                 # an ablation, its own results file
+    python benchmarks/bench_training.py --config synthetic --from_run /tmp/fresh/runs/synthetic \\
+        --from_log /tmp/fresh/train.log          # a run the README command made (e.g. in a fresh clone)
 
 Runs `python -m mgn_tf.train --flagfile configs/<config>.flags` in a fresh run directory (the command a
 user types) once per --isa (native: as this CPU allows; avx2: XLA and oneDNN capped at AVX2, so that an
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +92,12 @@ def main() -> None:
     parser.add_argument("--run_dir", help="where the run goes (default: a fresh folder under /tmp)")
     parser.add_argument("--extra", action="append", default=[], help="a further training flag (repeatable)")
     parser.add_argument(
+        "--from_run",
+        help="a finished run of this config's command to report instead of training one here (its "
+        "training time read from --from_log, the command's output)",
+    )
+    parser.add_argument("--from_log", help="with --from_run: the training command's output")
+    parser.add_argument(
         "--isa", default="native", help=f"comma-separated instruction-set caps to train under, of {ISA_CAPS}"
     )
     args = parser.parse_args()
@@ -103,6 +112,20 @@ def main() -> None:
     common = [f"--flagfile={flagfile}", *args.extra, "--noprogress"]
 
     runs = {}
+    if args.from_run:
+        if len(isas) != 1 or not args.from_log:
+            parser.error("--from_run: give --from_log and one --isa (the one the run was trained under)")
+        run_dir = Path(args.from_run)
+        took = re.search(r"Training took ([0-9.]+) s", Path(args.from_log).read_text(errors="replace"))
+        if took is None or not (run_dir / "eval" / "results.json").is_file():
+            parser.error(f"--from_run={run_dir}: no finished, evaluated run (or no training time in the log)")
+        runs[isas[0]] = {
+            "run_dir": run_dir,
+            "training_seconds": float(took[1]),
+            "evaluation": json.loads((run_dir / "eval" / "results.json").read_text()),
+            "history": (run_dir / "history.csv").read_text().splitlines(),
+        }
+        isas = []  # nothing to train here
     for isa in isas:
         run_dir = base_dir if isa == isas[0] else Path(f"{base_dir}_{isa}")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -119,8 +142,9 @@ def main() -> None:
             "evaluation": json.loads((run_dir / "eval" / "results.json").read_text()),
             "history": (run_dir / "history.csv").read_text().splitlines(),
         }
-    run_dir = runs[isas[0]]["run_dir"]
-    trained = runs[isas[0]]["evaluation"]
+    first = next(iter(runs))
+    run_dir = runs[first]["run_dir"]
+    trained = runs[first]["evaluation"]
     config = json.loads((run_dir / "config.json").read_text())
 
     untrained_dir = Path(f"{base_dir}_untrained")
@@ -139,7 +163,11 @@ def main() -> None:
     record = {
         "config": args.config,
         "extra_flags": args.extra,
-        "train_command_seconds": {isa: round(r["seconds"], 1) for isa, r in runs.items()},
+        "train_command_seconds": {isa: round(r["seconds"], 1) for isa, r in runs.items() if "seconds" in r},
+        "training_seconds_from_log": {
+            isa: r["training_seconds"] for isa, r in runs.items() if "training_seconds" in r
+        },
+        "from_run": args.from_run,
         "untrained_eval_seconds": round(eval_seconds, 1),
         "epochs": config["epochs"],
         "steps_per_epoch": config["steps_per_epoch"],
@@ -153,20 +181,31 @@ def main() -> None:
         "untrained": summary(untrained),
     }
     labels = {"native": "trained", "avx2": "trained, AVX2 cap"}
-    rows = {labels[isa]: record["trained"][isa] for isa in isas}
+    rows = {labels[isa]: record["trained"][isa] for isa in runs}
     rows["untrained"] = record["untrained"]
     steps = config["epochs"] * config["steps_per_epoch"]
-    minutes = ", ".join(f"{r['seconds'] / 60:.1f} min ({isa})" for isa, r in runs.items())
+    minutes = ", ".join(
+        f"{r['seconds'] / 60:.1f} min ({isa}) for the whole command (dataset generation or scan, training, "
+        "final evaluation)"
+        if "seconds" in r
+        else f"{r['training_seconds'] / 60:.1f} min of training ({isa}; the command was run as typed, "
+        f"e.g. in a fresh clone, and reported from its run directory {args.from_run} and its log)"
+        for isa, r in runs.items()
+    )
     notes = (
         f"`python -m mgn_tf.train --flagfile configs/{args.config}.flags {' '.join(args.extra)}`: "
         f"{config['epochs']} epochs = {steps} steps of {record['batch_size']} images at "
         f"{config['input_height']}x{config['input_width']} on {config['num_train_images']} training images "
-        f"({config['num_classes']} identities), {minutes} for the whole command (dataset generation or "
-        f"scan, training, final evaluation). 'AVX2 cap': the same command with XLA and oneDNN capped at "
-        "AVX2 (`XLA_FLAGS=--xla_cpu_max_isa=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`), as an AVX2-only CPU computes "
-        f"it. Evaluated on {trained['dataset']['num_query']} queries / {trained['dataset']['num_gallery']} "
-        "gallery images; 'untrained' is the same network as initialised before its first step; 'chance' "
-        "is the exact expectation under a random order."
+        f"({config['num_classes']} identities), {minutes}. "
+        + (
+            "'AVX2 cap': the same command with XLA and oneDNN capped at AVX2 (`XLA_FLAGS=--xla_cpu_max_isa="
+            "AVX2 ONEDNN_MAX_CPU_ISA=AVX2`), as an AVX2-only CPU computes it. "
+            if "avx2" in runs
+            else ""
+        )
+        + f"Evaluated on {trained['dataset']['num_query']} queries / "
+        f"{trained['dataset']['num_gallery']} gallery images; 'untrained' is the same network as "
+        "initialised before its first step; 'chance' is the exact expectation under a random order."
     )
     path = results.write(name, f"Training run: configs/{args.config}.flags", record, table(rows), notes)
     print(table(rows))
