@@ -169,19 +169,14 @@ def test_cli_load_features_reproduces_the_numbers_without_a_model(evaluated, mar
 
 def test_cli_refuses_an_out_dir_another_process_writes(evaluated, market_flags, tmp_path):
     """One evaluation writes a folder: a second one exits 2 at once, naming the holder's pid."""
-    from helpers.locking import hold_elsewhere
+    from helpers.locking import refused_while_held
 
     _, _, features = evaluated
-    holder = hold_elsewhere(tmp_path)
-    try:
-        refused = run_evaluate(*market_flags, f"--load_features={features}", f"--out_dir={tmp_path}")
-    finally:
-        holder.kill()
-        holder.wait()
-    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
-    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-3000:]
-    assert f"--out_dir={tmp_path} is in use by pid {holder.pid} on " in errors[0]
-    assert "Traceback" not in refused.stderr and not (tmp_path / "results.json").exists()
+    pid, error = refused_while_held(
+        tmp_path, lambda: run_evaluate(*market_flags, f"--load_features={features}", f"--out_dir={tmp_path}")
+    )
+    assert f"--out_dir={tmp_path} is in use by pid {pid} on " in error
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_cli_evaluates_a_checkpoint_of_the_run(evaluated, market_flags, run_dir, tmp_path):

@@ -366,18 +366,13 @@ def test_cli_exits_1_naming_the_artefact_and_the_bound_it_breaks(tmp_path, expor
 
 def test_an_out_folder_another_export_writes_is_refused(tmp_path, exported):
     """One export writes a folder: a second one exits 2 before writing, naming the holder's pid."""
-    from helpers.locking import hold_elsewhere
+    from helpers.locking import refused_while_held
 
     out = tmp_path / "out"
-    holder = hold_elsewhere(out)
-    try:
-        result = _run_export(f"--weights={exported.run_dir}", f"--out={out}", "--formats=savedmodel")
-    finally:
-        holder.kill()
-        holder.wait()
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
-    assert f"--out={out} is in use by pid {holder.pid} on " in errors[0]
+    pid, error = refused_while_held(
+        out, lambda: _run_export(f"--weights={exported.run_dir}", f"--out={out}", "--formats=savedmodel")
+    )
+    assert f"--out={out} is in use by pid {pid} on " in error
     assert [p.name for p in out.iterdir()] == [".lock"]
 
 

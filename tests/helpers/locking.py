@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,20 @@ def vector(path: str) -> np.ndarray:
     path, so any stored row can be checked on its own."""
     v = np.random.default_rng(zlib.crc32(path.encode())).standard_normal(DIM)
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def refused_while_held(
+    directory: Path, command: Callable[[], subprocess.CompletedProcess]
+) -> tuple[int, str]:
+    """Runs `command` while another process holds `directory`'s lock and checks that it exits 2 with one
+    `error:` line and no traceback; returns (the holder's pid, that line)."""
+    holder = hold_elsewhere(directory)
+    try:
+        result = command()
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return holder.pid, errors[0]
