@@ -635,9 +635,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--isa", default="native", help="Comma-separated instruction-set caps to measure under: native, avx2."
     )
     args = parser.parse_args(argv)
-    args.isas = args.isa.split(",")
-    if set(args.isas) - {"native", "avx2"} or len(set(args.isas)) < len(args.isas):
-        parser.error(f"--isa={args.isa}: a comma-separated list of distinct native, avx2")
+    import results  # the results folder's writer, beside this script
+
+    args.isas = results.parse_isas(parser, args.isa)
     args.current_isa = "native"
     args.inter_op = args.threads if args.inter_op is None else args.inter_op
     args.sizes = [size_name(parse_size(s)) for s in args.sizes]

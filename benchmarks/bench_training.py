@@ -101,9 +101,7 @@ def main() -> None:
         "--isa", default="native", help=f"comma-separated instruction-set caps to train under, of {ISA_CAPS}"
     )
     args = parser.parse_args()
-    isas = args.isa.split(",")
-    if not isas or set(isas) - set(ISA_CAPS) or len(set(isas)) < len(isas):
-        parser.error(f"--isa={args.isa}: a comma-separated list of distinct {', '.join(ISA_CAPS)}")
+    isas = results.parse_isas(parser, args.isa)
     flagfile = REPO / "configs" / f"{args.config}.flags"
     if not flagfile.is_file():
         parser.error(f"--config={args.config}: no {flagfile}")

@@ -16,7 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "docs" / "results"
 sys.path.insert(0, str(REPO))
 
-from mgn_tf.runtime import cpu_flags  # noqa: E402
+from mgn_tf.runtime import ISA_CAPS, cpu_flags  # noqa: E402
+
+
+def parse_isas(parser, value: str) -> list[str]:
+    """The benchmarks' --isa: distinct names of mgn_tf.runtime.ISA_CAPS, comma-separated."""
+    isas = value.split(",")
+    if set(isas) - set(ISA_CAPS) or len(set(isas)) < len(isas):
+        parser.error(f"--isa={value}: a comma-separated list of distinct {', '.join(ISA_CAPS)}")
+    return isas
 
 
 def machine() -> dict:

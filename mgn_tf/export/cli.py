@@ -299,7 +299,7 @@ def main(argv: list[str]) -> int:
 
     logging.getLogger().setLevel(logging.INFO)
     cli.import_tensorflow()
-    from mgn_tf.export import parity  # TensorFlow: only once the inputs are fine
+    from mgn_tf.export import exporter, parity, saved_model  # TensorFlow: only once the inputs are fine
     from mgn_tf.inference import load_training_model
 
     if FLAGS.parity_images:
@@ -331,44 +331,31 @@ def main(argv: list[str]) -> int:
         onnx_variants = [v for v in onnx_variants if v != STATIC_VARIANT]
         skipped = {f"{fmt}_{STATIC_VARIANT}": reason for fmt in ("tflite", "onnx") if fmt in FLAGS.formats}
         print(f"Skipping {', '.join(skipped)}: {reason}", flush=True)
-    try:  # one export writes a folder
-        with locks.hold(FLAGS.out, f"--out={FLAGS.out}"):
-            report = _export(model, run, calibration, accuracy_split, tflite_variants, onnx_variants, skipped)
+    try:
+        with locks.hold(FLAGS.out, f"--out={FLAGS.out}"):  # one export writes a folder
+            report = exporter.export_all(
+                model,
+                FLAGS.out,
+                formats=FLAGS.formats,
+                model_name=FLAGS.model_name,
+                version=FLAGS.version,
+                flip_norm=FLAGS.bake_flip_norm,
+                tflite_variants=tflite_variants,
+                onnx_variants=onnx_variants,
+                calibration=calibration,
+                skipped=skipped,
+                accuracy_split=accuracy_split,
+                max_map_drop=FLAGS.max_map_drop,
+                opset=FLAGS.opset,
+                parity_images=FLAGS.parity_images,
+                parity_count=FLAGS.parity_count,
+                session_loader_check=FLAGS.session_loader_check,
+                speed_seconds=FLAGS.speed_seconds,
+                onnx_min_free_bytes=int(FLAGS.onnx_min_free_gib * 2**30),
+                info={"weights": str(run.weights), "num_classes": run.num_classes},
+            )
     except locks.LockBusy as exc:
         return cli.error(exc)
-    return _summarise(report)
-
-
-def _export(model, run, calibration, accuracy_split, tflite_variants, onnx_variants, skipped):
-    from mgn_tf.export import exporter
-
-    return exporter.export_all(
-        model,
-        FLAGS.out,
-        formats=FLAGS.formats,
-        model_name=FLAGS.model_name,
-        version=FLAGS.version,
-        flip_norm=FLAGS.bake_flip_norm,
-        tflite_variants=tflite_variants,
-        onnx_variants=onnx_variants,
-        calibration=calibration,
-        skipped=skipped,
-        accuracy_split=accuracy_split,
-        max_map_drop=FLAGS.max_map_drop,
-        opset=FLAGS.opset,
-        parity_images=FLAGS.parity_images,
-        parity_count=FLAGS.parity_count,
-        session_loader_check=FLAGS.session_loader_check,
-        speed_seconds=FLAGS.speed_seconds,
-        onnx_min_free_bytes=int(FLAGS.onnx_min_free_gib * 2**30),
-        info={"weights": str(run.weights), "num_classes": run.num_classes},
-    )
-
-
-def _summarise(report) -> int:
-    """Prints the report's tables; the exit code (EXIT_PARITY when a bound is broken)."""
-    from mgn_tf.export import saved_model
-
     print(f"\nParity on {report.parity_source}:\n{report.table()}")
     if "savedmodel" in report.artefacts:
         size = saved_model.directory_size(report.artefacts["savedmodel"])

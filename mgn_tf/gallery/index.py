@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import mgn_tf.gallery.knn as knn
+from mgn_tf import locks
 from mgn_tf.evaluation.metrics import l2_normalize
 from mgn_tf.files import atomic_path, atomic_write_json
 
@@ -306,8 +307,6 @@ class Gallery:
         loaded are kept (and become part of this gallery), and new images it indexed meanwhile are not
         stored twice. `lock_timeout`: seconds to wait for another writer (None: as long as it takes).
         Returns the folder; `.merged` says what the merge found ({"others", "duplicates"})."""
-        from mgn_tf import locks
-
         directory = Path(directory)
         with locks.hold(directory, f"the index {directory}", lock_timeout):
             same = self.root is not None and self.root.resolve() == directory.resolve()
