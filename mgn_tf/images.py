@@ -25,8 +25,18 @@ def decode_and_resize(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tenso
     """
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
+    return _resize(image, size)
+
+
+def _resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def resize_pixels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Decoded RGB pixels [h, w, 3] (a crop of a video frame) resized exactly as `decode_and_resize`
+    resizes image files, so a crop saved as PNG and read back embeds to the same numbers."""
+    return _resize(tf.constant(pixels), size).numpy()
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from absl import flags
 
 from mgn_tf import cli
@@ -96,8 +97,42 @@ def define_flags() -> list[str]:
         "fpr", 1e-3, "query: the false-positive rate whose --threshold_from threshold is used."
     )
     flags.DEFINE_string("out", "search_results", "query: output folder.")
+    define_video_flags()
     flags.DEFINE_integer("rows_per_figure", 8, "query: queries per ranked-list PNG (0: no PNG).")
     return [name for name in F if name not in before]
+
+
+def define_video_flags() -> None:
+    from mgn_tf.video.tracking import TRACKERS
+    from mgn_tf.video.tracklets import POOLINGS
+
+    flags.DEFINE_list(
+        "videos", [], "index: video files or frame folders (MOTChallenge img1/ layout), one per camera."
+    )
+    flags.DEFINE_list(
+        "detections",
+        [],
+        "index: one detection file per --videos entry, in order: MOTChallenge text (frame,id,x,y,w,h,conf; "
+        "id -1 for plain detections), CSV with a header, or JSON.",
+    )
+    flags.DEFINE_enum("detector", None, ["hog"], "index: find people with OpenCV's HOG detector instead.")
+    flags.DEFINE_enum(
+        "tracker",
+        None,
+        list(TRACKERS),
+        "index: link plain detections into tracklets with this boxmot tracker",
+    )
+    flags.DEFINE_integer("frame_stride", 1, "index: use every n-th frame of the videos.")
+    flags.DEFINE_float("min_confidence", None, "index: drop boxes of lower detection confidence.")
+    flags.DEFINE_float("min_box_height", 0, "index: drop boxes lower than this many pixels.")
+    flags.DEFINE_float("fps", None, "index: frame rate of the videos (default: the video's own).")
+    flags.DEFINE_enum("tracklet_pooling", "avg", list(POOLINGS), "index: how box features make a tracklet's.")
+    flags.DEFINE_bool("per_box", False, "index: every box its own gallery item instead of tracklets.")
+    flags.DEFINE_string("query_tracklet", None, "query: search with an indexed tracklet, CAMERA:TRACK_ID.")
+    flags.DEFINE_list("cameras", [], "query: only matches from these cameras.")
+    flags.DEFINE_string("time_from", None, "query: only tracklets seen at or after this time (s or H:MM:SS).")
+    flags.DEFINE_string("time_to", None, "query: only tracklets seen at or before this time (s or H:MM:SS).")
+    flags.DEFINE_bool("exclude_same_camera", False, "query: no matches from the query's own camera.")
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -153,13 +188,86 @@ def report_skipped(skipped: list[dict], what: str) -> None:
 # ------------------------------------------------------------------------------------------- index
 
 
+def video_jobs() -> list:
+    """One VideoJob per --videos entry, paired in order with --detections; ConfigError when they do not
+    pair up or two videos would share a camera name."""
+    from mgn_tf.video.tracklets import VideoJob, check_job
+
+    if F.detections and len(F.detections) != len(F.videos):
+        raise ConfigError(
+            f"--detections: give one file per --videos entry ({len(F.videos)} videos, {len(F.detections)} "
+            "detection files)"
+        )
+    if F.videos and not F.detections and F.detector is None:
+        raise ConfigError("--videos: give their --detections files, or --detector=hog")
+    for path in [*F.videos, *F.detections]:
+        if not Path(path).exists():
+            raise ConfigError(f"--{'videos' if path in F.videos else 'detections'}: {path} does not exist")
+    jobs = [VideoJob(v, F.detections[i] if F.detections else None) for i, v in enumerate(F.videos)]
+    for job in jobs:  # before loading the model: a bad detection file fails in a second, not a minute
+        check_job(job, video_options())
+    return jobs
+
+
+def video_options():
+    import math
+
+    from mgn_tf.video.tracklets import Options, check_options
+
+    options = Options(
+        F.frame_stride, -math.inf if F.min_confidence is None else F.min_confidence, F.min_box_height, F.fps,
+        F.tracklet_pooling, F.per_box, F.detector, F.tracker, batch_size=F.batch_size, progress=F.progress,
+    )  # fmt: skip
+    check_options(options)
+    return options
+
+
+def add_videos(gallery, jobs, directory: Path) -> dict:
+    """Indexes the videos' tracklets (or boxes) into `gallery`; prints what each gave and its problems."""
+    from mgn_tf.video.frames import FrameSource
+    from mgn_tf.video.tracklets import index_video
+
+    counts = {"added": 0, "skipped": 0, "already_indexed": 0}
+    options = video_options()
+    cameras = {item.camera: item.tracklet["video"] for item in gallery.items if item.tracklet}
+    known = {item.path for item in gallery.items}
+    for job in jobs:  # a camera's files are written under its name: two videos must not share one
+        camera, source = FrameSource(job.source).camera, str(Path(job.source).resolve())
+        if cameras.setdefault(camera, source) != source:
+            raise ConfigError(
+                f"--videos: {job.source} has the camera name {camera!r} of {cameras[camera]}; rename one"
+            )
+    for job in jobs:
+        items, features, report = index_video(
+            gallery.embedder, job, directory, options, gallery.model.flip, gallery.model.normalize
+        )
+        fresh = [i for i, item in enumerate(items) if item.path not in known]
+        if fresh:
+            gallery.add_features(features[fresh], [items[i].path for i in fresh], [items[i] for i in fresh])
+        known.update(items[i].path for i in fresh)
+        dropped = ", ".join(f"{n} by {why}" for why, n in report.dropped.items())
+        print(
+            f"{report.camera}: {report.embedded} box(es) of {report.frames_read} frame(s) embedded"
+            f"{f' ({dropped} dropped)' if dropped else ''} -> {len(items)} "
+            f"{'box item' if options.per_box else 'tracklet'}(s), {len(items) - len(fresh)} already indexed",
+            flush=True,
+        )
+        for problem in report.problems:
+            print(f"warning: {problem}", file=sys.stderr, flush=True)
+        gallery.skipped += [{"path": job.source, "error": problem} for problem in report.problems]
+        counts["added"] += len(fresh)
+        counts["already_indexed"] += len(items) - len(fresh)
+    return counts
+
+
 def run_index() -> int:
     from mgn_tf.gallery import Gallery, GalleryError
     from mgn_tf.gallery.index import model_info
 
     if not F.index:
         raise ConfigError("--index: give the index folder to write")
-    paths = collect_images(F.images)
+    jobs = video_jobs()
+    paths = collect_images(F.images) if F.images or not jobs else []
     directory = Path(F.index)
     exists = (directory / "index.json").exists()
     started = time.perf_counter()
@@ -172,7 +280,6 @@ def run_index() -> int:
                 F.weights or gallery.model.source, "--weights" if F.weights else "index model"
             )
             gallery.attach(embedder)
-            counts = gallery.add(paths, F.batch_size, F.progress)
         else:
             if exists:
                 raise ConfigError(f"--index={directory}: already holds an index (pass --add to append to it)")
@@ -181,8 +288,13 @@ def run_index() -> int:
             embedder = load_embedder(F.weights)
             model = model_info(embedder, flip=F.flip, normalize=F.normalize)
             gallery = Gallery(model, "float16" if F.float16 else "float32", embedder)
+        counts = {"added": 0, "skipped": 0, "already_indexed": 0}
+        if paths:
             counts = gallery.add(paths, F.batch_size, F.progress)
-        report_skipped(gallery.skipped[len(gallery.skipped) - counts["skipped"] :], "gallery")
+            report_skipped(gallery.skipped[len(gallery.skipped) - counts["skipped"] :], "gallery")
+        if jobs:
+            for key, value in add_videos(gallery, jobs, directory).items():
+                counts[key] += value
         gallery.save(directory, lock_timeout=None if F.lock_timeout < 0 else F.lock_timeout)
     except GalleryError as exc:
         raise ConfigError(f"--index={directory}: {exc}") from exc
@@ -191,8 +303,9 @@ def run_index() -> int:
     if duplicates := gallery.merged["duplicates"]:
         counts["added"] -= duplicates
         counts["already_indexed"] += duplicates
+    what = "item(s)" if jobs else "image(s)"
     print(
-        f"Indexed {counts['added']} image(s) into {directory} ({len(gallery)} in all; {counts['skipped']} "
+        f"Indexed {counts['added']} {what} into {directory} ({len(gallery)} in all; {counts['skipped']} "
         f"skipped as unreadable, {counts['already_indexed']} already indexed) in "
         f"{time.perf_counter() - started:.1f} s",
         flush=True,
@@ -247,7 +360,8 @@ def threshold_from_flags(model) -> tuple[float | None, dict | None]:
 
 def run_query() -> int:
     from mgn_tf.evaluation.settings import RerankParams
-    from mgn_tf.gallery import Gallery, GalleryError
+    from mgn_tf.gallery import Gallery, GalleryError, knn
+    from mgn_tf.gallery.index import parse_name
     from mgn_tf.gallery.knn import import_faiss
 
     if not F.index:
@@ -255,7 +369,7 @@ def run_query() -> int:
     for name in ("top_k", "batch_size", "rerank_pool", "nprobe", "ef_search"):
         if F[name].value < 1:
             raise ConfigError(f"--{name}={F[name].value}: must be >= 1")
-    paths = collect_images(F.images)
+    paths = collect_images(F.images) if F.images or not F.query_tracklet else []
     try:
         gallery = Gallery.load(F.index)
     except GalleryError as exc:
@@ -266,28 +380,126 @@ def run_query() -> int:
             import_faiss()
         except ImportError as exc:
             raise ConfigError(f"--backend={F.backend}: {exc}") from exc
-    embedder = load_embedder(F.weights or gallery.model.source, "--weights" if F.weights else "index model")
-    try:
-        gallery.attach(embedder)
-    except GalleryError as exc:
-        raise ConfigError(f"--weights={F.weights or gallery.model.source}: {exc}") from exc
+    features, queries, skipped = np.zeros((0, gallery.dim), np.float32), [], []
     started = time.perf_counter()
-    features, queries, skipped = gallery.embed_queries(paths, F.batch_size, F.progress)
+    if paths:  # a query by an indexed tracklet needs no model: its feature is in the index
+        source = F.weights or gallery.model.source
+        embedder = load_embedder(source, "--weights" if F.weights else "index model")
+        try:
+            gallery.attach(embedder)
+        except GalleryError as exc:
+            raise ConfigError(f"--weights={source}: {exc}") from exc
+        features, queries, skipped = gallery.embed_queries(paths, F.batch_size, F.progress)
+        report_skipped(skipped, "query")
+        if not queries:
+            raise ConfigError(f"--images: none of the {len(paths)} query image(s) can be read")
     embed_seconds = round(time.perf_counter() - started, 3)
-    report_skipped(skipped, "query")
-    if not queries:
-        raise ConfigError(f"--images: none of the {len(paths)} query image(s) can be read")
+    cameras = [parse_name(q).camera for q in queries]
+    own: list[int | None] = [None] * len(queries)
+    if F.query_tracklet:
+        g = find_tracklet(gallery, F.query_tracklet)
+        features = np.concatenate([features, knn.gather(gallery.rows, np.array([g]))])
+        item = gallery.items[g]
+        queries, cameras, own = [*queries, item.path], [*cameras, item.camera], [*own, g]
+    keep = keep_mask(gallery, cameras, own)
     rerank = RerankParams(F.k1, F.k2, F.lambda_value) if F.rerank else None
     try:
         result = gallery.search(
             features, F.top_k, backend=F.backend, nprobe=F.nprobe, ef_search=F.ef_search, nlist=F.nlist,
             rerank=rerank, rerank_pool=F.rerank_pool, threshold=threshold, recall_queries=F.recall_queries,
+            keep=keep,
         )  # fmt: skip
     except GalleryError as exc:
         raise ConfigError(f"--index={F.index}: {exc}") from exc
     result.seconds["embed_queries"] = embed_seconds
     write_results(Path(F.out), gallery, queries, skipped, result, threshold_info)
     return 0
+
+
+TRACK_COLUMNS = ("video", "track_id", "first_frame", "last_frame", "start", "end", "boxes", "boxes_file")
+
+
+def describe(match) -> str:
+    """A match in one line: its path, or for a tracklet its camera, track, time span and frames."""
+    t = match.tracklet
+    if t is None:
+        return match.path
+    span = f"{t['start']:.1f}-{t['end']:.1f} s, " if t.get("start") is not None else ""
+    what = f"track {t['track_id']}" if t.get("track_id") is not None else "box"
+    return f"{match.camera} {what}: {span}frames {t['first_frame']}-{t['last_frame']} ({t['boxes']} boxes)"
+
+
+def find_tracklet(gallery, spec: str) -> int:
+    """Gallery position of the tracklet --query_tracklet=CAMERA:TRACK_ID names; ConfigError if none."""
+    camera, _, track = spec.rpartition(":")
+    if not camera or not track.lstrip("-").isdigit():
+        raise ConfigError(f"--query_tracklet={spec}: give CAMERA:TRACK_ID, e.g. cam1:12")
+    tracklets = [(g, item) for g, item in enumerate(gallery.items) if item.tracklet is not None]
+    for g, item in tracklets:
+        if str(item.camera) == camera and item.tracklet.get("track_id") == int(track):
+            return g
+    cameras = sorted({str(item.camera) for _, item in tracklets})
+    raise ConfigError(
+        f"--query_tracklet={spec}: no such tracklet in {gallery.root} (its cameras: "
+        f"{', '.join(cameras) or 'none'})"
+    )
+
+
+def parse_time(value: str | None, flag: str) -> float | None:
+    """Seconds from `12.5`, `1:02` (M:SS) or `1:02:03.5` (H:MM:SS)."""
+    if value is None:
+        return None
+    try:
+        parts = [float(p) for p in value.split(":")]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+        raise ConfigError(f"--{flag}={value}: give seconds or H:MM:SS")
+    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
+
+
+def keep_mask(gallery, cameras: list, own: list[int | None]):
+    """bool [Q, N]: the items each query may match under --cameras, --time_from/--time_to,
+    --exclude_same_camera, never its own tracklet; None when nothing is filtered."""
+    time_from, time_to = parse_time(F.time_from, "time_from"), parse_time(F.time_to, "time_to")
+    if not (
+        F.cameras
+        or F.exclude_same_camera
+        or time_from is not None
+        or time_to is not None
+        or any(g is not None for g in own)
+    ):
+        return None
+    items = gallery.items
+    item_cameras = np.array([str(item.camera) for item in items])
+    base = np.ones(len(items), bool)
+    if F.cameras:
+        unknown = sorted(set(F.cameras) - set(item_cameras))
+        if unknown:
+            raise ConfigError(
+                f"--cameras: {', '.join(unknown)} not in the index (its cameras: "
+                f"{', '.join(sorted(set(item_cameras)))})"
+            )
+        base &= np.isin(item_cameras, F.cameras)
+    if time_from is not None or time_to is not None:
+        low, high = time_from or 0.0, np.inf if time_to is None else time_to
+        spans = [(item.tracklet or {}).get("start") for item in items]
+        base &= np.array([
+            start is not None and item.tracklet["end"] >= low and start <= high
+            for start, item in zip(spans, items, strict=True)
+        ])  # fmt: skip
+    keep = np.repeat(base[None], len(cameras), 0)
+    for q, (camera, g) in enumerate(zip(cameras, own, strict=True)):
+        if F.exclude_same_camera:
+            if camera is None:
+                raise ConfigError(
+                    "--exclude_same_camera: the camera of a query image is unknown (a Market-1501 style name "
+                    "like 0001_c1s1_000001_00.jpg gives it); use --query_tracklet"
+                )
+            keep[q] &= item_cameras != str(camera)
+        if g is not None:
+            keep[q, g] = False
+    return keep
 
 
 def write_results(out: Path, gallery, queries, skipped, result, threshold_info) -> None:
@@ -309,13 +521,26 @@ def write_results(out: Path, gallery, queries, skipped, result, threshold_info) 
     with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["query", "rank", "path", "distance", "rerank_distance", "same_person", "pid", "camera"]
+            [
+                "query",
+                "rank",
+                "path",
+                "distance",
+                "rerank_distance",
+                "same_person",
+                "pid",
+                "camera",
+                *TRACK_COLUMNS,
+            ]  # fmt: skip
         )
         for query, matches in zip(queries, result.matches, strict=True):
             for m in matches:
                 same = "" if m.same_person is None else ("yes" if m.same_person else "no")
                 rerank_d = "" if m.rerank_distance is None else f"{m.rerank_distance:.6f}"
-                writer.writerow([query, m.rank, m.path, f"{m.distance:.6f}", rerank_d, same, m.pid, m.camera])
+                track = [("" if (v := (m.tracklet or {}).get(c)) is None else v) for c in TRACK_COLUMNS]
+                writer.writerow(
+                    [query, m.rank, m.path, f"{m.distance:.6f}", rerank_d, same, m.pid, m.camera, *track]
+                )
     files["csv"] = str(out / "results.csv")
     notes = [f"Gallery {gallery.root} ({len(gallery)} images), model {gallery.model.source}; backend "
              f"{result.backend}; Euclidean distance d on "
@@ -343,7 +568,7 @@ def write_results(out: Path, gallery, queries, skipped, result, threshold_info) 
         print(f"{query}:")
         for m in matches:
             flag = "" if m.same_person is None else ("  same person" if m.same_person else "  different")
-            print(f"  {m.rank:3d}. d={m.distance:.4f}{flag}  {m.path}")
+            print(f"  {m.rank:3d}. d={m.distance:.4f}{flag}  {describe(m)}")
     if len(queries) > 20:
         print(f"... {len(queries) - 20} more queries in {files['results']}")
     if result.recall_vs_exact:

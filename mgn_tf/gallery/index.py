@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 INDEX_JSON = "index.json"
 PROBE_NPY = "probe.npy"
 FORMAT_NAME = "mgn_tf gallery index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items may be video tracklets; version-1 indexes (images only) still load
+READ_VERSIONS = (1, 2)
 FINGERPRINT_MIN_COSINE = 0.999
 PROBE_SEED = 1501
 NUM_PROBES = 4
@@ -60,9 +61,17 @@ class GalleryError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
+    """A gallery entry: an image file, or a video tracklet (`tracklet` set; `path` is its thumbnail,
+    `camera` the video's camera name; see mgn_tf.video.tracklets)."""
+
     path: str
     pid: int | None = None
-    camera: int | None = None
+    camera: int | str | None = None
+    tracklet: dict | None = None
+
+    def to_json(self) -> dict:
+        record = {"path": self.path, "pid": self.pid, "camera": self.camera}
+        return record if self.tracklet is None else {**record, "tracklet": self.tracklet}
 
 
 def parse_name(path: str) -> Item:
@@ -197,9 +206,13 @@ class Match:
     camera: int | None
     rerank_distance: float | None = None
     same_person: bool | None = None
+    tracklet: dict | None = None
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        record = dict(self.__dict__)
+        if self.tracklet is None:
+            record.pop("tracklet")
+        return record
 
 
 @dataclass
@@ -368,7 +381,7 @@ class Gallery:
             used.add(name)
             with atomic_path(directory / name) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, np.asarray(shard.features, self.dtype))
-            lines = "".join(json.dumps(item.__dict__) + "\n" for item in shard.items)
+            lines = "".join(json.dumps(item.to_json()) + "\n" for item in shard.items)
             with atomic_path(directory / _items_name(name)) as tmp:
                 tmp.write_text(lines, encoding="utf-8")
             shard.file = name
@@ -396,8 +409,11 @@ class Gallery:
             raise GalleryError(f"{directory} is not a gallery index (no {INDEX_JSON})") from None
         except (OSError, ValueError) as exc:
             raise GalleryError(f"{path} cannot be read: {exc}") from exc
-        if record.get("format") != FORMAT_NAME or record.get("version") != FORMAT_VERSION:
-            raise GalleryError(f"{path} is not a version-{FORMAT_VERSION} {FORMAT_NAME}")
+        if record.get("format") != FORMAT_NAME or record.get("version") not in READ_VERSIONS:
+            raise GalleryError(
+                f"{path} is not a {FORMAT_NAME} of version {' or '.join(map(str, READ_VERSIONS))} (a newer "
+                "mgn_tf wrote it?)"
+            )
         m = record["model"]
         try:
             probe = np.load(directory / PROBE_NPY)
@@ -451,7 +467,7 @@ class Gallery:
         self, queries: Sequence[str | os.PathLike] | np.ndarray, k: int = 10, *, backend: str = "exact",
         nprobe: int = knn.DEFAULT_NPROBE, ef_search: int = knn.DEFAULT_EF_SEARCH, nlist: int | None = None,
         rerank: RerankParams | None = None, rerank_pool: int = 100, threshold: float | None = None,
-        recall_queries: int = 0,
+        recall_queries: int = 0, keep: np.ndarray | None = None,
     ) -> SearchResult:  # fmt: skip
         """The k nearest gallery images of each query (image paths, embedded here, or features [Q, D]).
 
@@ -460,7 +476,9 @@ class Gallery:
         (ef_search). rerank: k-reciprocal re-ranking of the queries' top-`rerank_pool` candidates (all of
         them when the pool covers the gallery: then equal to re-ranking the whole gallery). threshold:
         mark each match same_person = distance < threshold. recall_queries: for an approximate
-        backend, also search that many queries exactly and report recall@k.
+        backend, also search that many queries exactly and report recall@k. keep: bool [Q, N], the
+        gallery items each query may match (camera / time filters, the query's own tracklet left out):
+        the k nearest allowed items, fewer when fewer are allowed.
         """
         if len(self) == 0:
             raise GalleryError("the gallery is empty")
@@ -482,10 +500,12 @@ class Gallery:
         seconds: dict = {}
         started = time.perf_counter()
         wanted = max(k, rerank_pool) if rerank is not None else k
-        neighbours = self._search(features, wanted, backend, nprobe, ef_search, nlist, seconds)
+        if keep is not None and np.shape(keep) != (len(features), len(self)):
+            raise GalleryError(f"keep must be [{len(features)}, {len(self)}], got {np.shape(keep)}")
+        neighbours = self._search_kept(features, wanted, backend, nprobe, ef_search, nlist, seconds, keep)
         seconds["search"] = round(time.perf_counter() - started, 3)
         recall = None
-        if recall_queries and backend not in ("exact", "faiss_flat"):
+        if recall_queries and backend not in ("exact", "faiss_flat") and keep is None:
             sample = np.unique(
                 np.linspace(0, len(features) - 1, min(recall_queries, len(features))).astype(int)
             )
@@ -497,13 +517,13 @@ class Gallery:
         rerank_d = None
         if rerank is not None:
             started = time.perf_counter()
-            neighbours, rerank_d = self._rerank(features, neighbours, rerank, k)
+            neighbours, rerank_d = self._rerank(features, neighbours, rerank, k, keep)
             seconds["rerank"] = round(time.perf_counter() - started, 3)
         items = self.items
         matches = []
         for q in range(len(features)):
             row = []
-            for r in range(k):
+            for r in range(min(k, neighbours.indices.shape[1])):
                 g = int(neighbours.indices[q, r])
                 if g < 0:
                     break
@@ -512,11 +532,27 @@ class Gallery:
                 row.append(
                     Match(r + 1, g, item.path, d, item.pid, item.camera,
                           None if rerank_d is None else float(rerank_d[q, r]),
-                          None if threshold is None else bool(d < threshold))
+                          None if threshold is None else bool(d < threshold), item.tracklet)
                 )  # fmt: skip
             matches.append(row)
         params = None if rerank is None else {**rerank.__dict__, "pool": rerank_pool}
         return SearchResult(matches, backend, params, recall, seconds)
+
+    def _search_kept(self, features, k, backend, nprobe, ef_search, nlist, seconds, keep) -> knn.Neighbours:
+        """`_search` restricted to the allowed items: asks for 4x more neighbours until each query has k
+        allowed ones (or all it is allowed), then drops the others."""
+        if keep is None:
+            return self._search(features, k, backend, nprobe, ef_search, nlist, seconds)
+        keep = np.asarray(keep, bool)
+        reachable = np.minimum(keep.sum(1), k)
+        ask = min(len(self), 4 * k)
+        while True:
+            found = self._search(features, ask, backend, nprobe, ef_search, nlist, seconds)
+            allowed = (found.indices >= 0) & np.take_along_axis(keep, np.maximum(found.indices, 0), 1)
+            if ask >= len(self) or (allowed.sum(1) >= reachable).all():
+                break
+            ask = min(len(self), 4 * ask)
+        return knn.refine(features, self.rows, np.where(allowed, found.indices, -1), k)
 
     def _search(self, features, k, backend, nprobe, ef_search, nlist, seconds) -> knn.Neighbours:
         if backend == "exact":
@@ -546,8 +582,9 @@ class Gallery:
         self._faiss[key] = index
         return index
 
-    def _rerank(self, features, neighbours: knn.Neighbours, params: RerankParams, k: int):
-        """k-reciprocal re-ranking (mgn_tf.evaluation.rerank) restricted to the candidates' union."""
+    def _rerank(self, features, neighbours: knn.Neighbours, params: RerankParams, k: int, keep=None):
+        """k-reciprocal re-ranking (mgn_tf.evaluation.rerank) restricted to the candidates' union (of
+        which each query keeps only the items `keep` allows it)."""
         from mgn_tf.evaluation.rerank import re_ranking_features
 
         pool = np.unique(neighbours.indices[neighbours.indices >= 0])
@@ -555,8 +592,10 @@ class Gallery:
         dist = np.empty((len(features), len(pool)), np.float32)
         for rows, chunk in re_ranking_features(features, cand, params.k1, params.k2, params.lambda_value):
             dist[rows] = chunk
+        if keep is not None:
+            dist[~np.asarray(keep, bool)[:, pool]] = np.inf
         order = np.lexsort((np.broadcast_to(pool, dist.shape), dist), axis=1)[:, :k]
-        indices = pool[order]
+        indices = np.where(np.isfinite(np.take_along_axis(dist, order, 1)), pool[order], -1)
         return knn.Neighbours(indices, knn.exact_distances(features, self.rows, indices)), np.take_along_axis(
             dist, order, 1
         )
