@@ -14,17 +14,29 @@ model for embeddings: evaluation, training's final evaluation and the export par
 
 Runtimes (`runtime=`): "native" runs each format with its own runtime (TensorFlow for Keras weights and
 SavedModels, LiteRT for .tflite, onnxruntime for .onnx). "openvino" runs Keras weights (converted in
-memory from the model's graph, in float32) or an .onnx file with OpenVINO, the fastest float32 CPU
-runtime. "auto" (default) is "native", except that a Keras model embedding a large job (see
-`KerasEmbedder`) runs it with OpenVINO (TensorFlow if OpenVINO was removed from the environment).
+memory from the model's graph, in float32) or an .onnx file with OpenVINO. "auto" (default) is "native",
+except that a Keras model or an .onnx file embedding a large job (at least `LARGE_JOB_RUNS` runs, see
+`KerasEmbedder`) runs it on the fastest float32 runtime *measured on this machine*: TensorFlow's frozen
+graph or OpenVINO for Keras weights, onnxruntime or OpenVINO for an .onnx file. No runtime is fastest
+everywhere (OpenVINO leads on AVX-512/AMX Xeons and trails TensorFlow on AVX2 EPYCs), so `choose_runtime`
+times each candidate on seeded synthetic images at the job's input size and batch size, drops one whose
+embeddings leave the float32 parity bounds of `mgn_tf.export.parity` (reason printed), and caches the
+choice per machine and job in `runtime_cache_file()` ($MGN_TF_CACHE_DIR, else
+$XDG_CACHE_HOME/mgn_tf, else ~/.cache/mgn_tf: runtime_choice.json), keyed by `runtime_key` (CPU model
+and flags, ISA caps in the environment, library versions, format, input size, batch size, threads). The
+embedder's `engine` and `runtime_choice` say what runs and why; one line "Loaded ... on ..., fastest of
+..." says it when the choice is made.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +53,15 @@ from mgn_tf.artifacts import (
 )
 from mgn_tf.errors import summary
 from mgn_tf.evaluation.metrics import l2_normalize
+from mgn_tf.files import atomic_write_json
 from mgn_tf.geometry import InputSize, check_input_size
+from mgn_tf.runtime import cpu_flags
 
 RUNTIMES = ("auto", "native", "openvino")
+# A job this large (images, flipped copies counted) pays for freezing a Keras model and, with runtime
+# auto, for choosing its runtime: converting a graph or compiling a model takes seconds.
+LARGE_JOB_RUNS = 2000
+RunFunction = Callable[[np.ndarray], np.ndarray]
 
 
 def openvino_available() -> bool:
@@ -103,11 +121,14 @@ class Embedder:
         `load(..., flip_norm=True)`).
       baked_flip_norm: whether the artefact flip-averages and normalises inside (cannot be undone).
       engine: the runtime that runs it ("tensorflow", "litert", "onnxruntime", "openvino", ...).
+      runtime_choice: with runtime "auto", once chosen, why `engine` runs it (`choose_runtime`): "chosen",
+        "candidates" {engine: images/s}, "excluded" {engine: reason}, "cached", "measured_at", "key".
       path: what was loaded. load_seconds: how long `load` took (None when built directly).
     """
 
     format: str = ""
     engine: str = ""
+    runtime_choice: dict | None = None
 
     def __init__(self, path: Path, input_size: Sequence[int], baked_flip_norm: bool, flip_norm: bool):
         self.path = path
@@ -148,6 +169,7 @@ class Embedder:
             flip = normalize = False
         if isinstance(images, (str, bytes, os.PathLike)):
             raise ValueError(f"pass a list of image paths, not a single path ({images!r}): e.g. [{images!r}]")
+        self.expect(len(images) * (2 if flip else 1), max(1, min(batch_size, len(images))))
         is_path = [isinstance(p, (str, os.PathLike)) for p in images] if isinstance(images, Sequence) else []
         if is_path and all(is_path):
             return self._embed_files(list(images), batch_size, flip, normalize, progress, description)
@@ -190,9 +212,10 @@ class Embedder:
             features = (features + mirrored) / 2
         return l2_normalize(features) if normalize else features
 
-    def expect(self, num_runs: int) -> None:
-        """Told that about `num_runs` images (flipped copies counted) are coming, in one or many calls:
-        an embedder with a fixed start-up cost that pays off only over many images may pay it now."""
+    def expect(self, num_runs: int, batch_size: int | None = None) -> None:
+        """Told that about `num_runs` images (flipped copies counted) are coming, in one or many calls
+        (`embed` says so itself, with its `batch_size`): an embedder with a fixed start-up cost that pays
+        off only over many images may pay it now, or at the next `embed` when it needs the batch size."""
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -231,6 +254,245 @@ def check_array(array: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
                 f"{low:.4g}..{high:.4g}"
             )
     return array
+
+
+# ------------------------------------------------------------------------ runtime auto: the measured choice
+
+CACHE_DIR_ENV = "MGN_TF_CACHE_DIR"
+RUNTIME_CACHE_NAME = "runtime_choice.json"
+# Environment variables that change which kernels run (the ISA caps of `mgn_tf.runtime.isa_environment`,
+# oneDNN on or off in TensorFlow), so a choice measured under other values does not hold.
+SPEED_ENVIRONMENT = ("XLA_FLAGS", "ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")
+KEY_LIBRARIES = ("tensorflow", "openvino", "onnxruntime")
+MEASURE_SECONDS = 1.0  # timing per candidate after its warm-up call...
+MEASURE_MIN_CALLS = 2  # ...but at least this many timed calls (one call of a large batch can take seconds)
+MEASURE_MAX_CALLS = 10  # ...and at most this many (a small model would otherwise run hundreds)
+MEASURE_SEED = 0
+
+
+def runtime_cache_file() -> Path:
+    """Where measured runtime choices are kept: $MGN_TF_CACHE_DIR, else $XDG_CACHE_HOME/mgn_tf, else
+    ~/.cache/mgn_tf; the file runtime_choice.json in it."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]) / RUNTIME_CACHE_NAME
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mgn_tf" / RUNTIME_CACHE_NAME
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows (e.g. on macOS)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset may narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed distributions of the libraries whose kernels are measured, "name==version" (None: not
+    installed), from their metadata: the same whether or not the module is imported yet (a module's own
+    __version__ may say more, e.g. OpenVINO's build hash), and the name tells tensorflow-cpu apart."""
+    from importlib import metadata
+
+    distributions = metadata.packages_distributions()
+    versions: dict[str, str | None] = {}
+    for module in KEY_LIBRARIES:
+        names = sorted(set(distributions.get(module, [])))
+        versions[module] = " ".join(f"{name}=={metadata.version(name)}" for name in names) or None
+    return versions
+
+
+def runtime_key(fmt: str, input_size: Sequence[int], batch_size: int, threads: int) -> dict:
+    """What a measured choice holds for: this machine (CPU model and instruction-set flags, the environment
+    variables that cap them, library versions) and the job (model format, input size, batch size, threads)."""
+    return {
+        "cpu": cpu_model_name(),
+        "cpu_flags": " ".join(sorted(cpu_flags())),
+        "environment": {name: os.environ.get(name, "") for name in SPEED_ENVIRONMENT},
+        "versions": library_versions(),
+        "format": fmt,
+        "input_size": [int(d) for d in input_size],
+        "batch_size": int(batch_size),
+        "threads": int(threads),
+    }
+
+
+def key_id(key: dict) -> str:
+    """The cache's name for `key` (a hash: the key itself, long CPU flags included, is stored beside it)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_choices(path: Path) -> tuple[dict[str, dict], str | None]:
+    """The cached choices by key id, and what is wrong with the file if it cannot be used."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 or not JSON (e.g. a truncated copy)
+        return {}, summary(exc)
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, dict):
+        return {}, 'no "choices" object in it'
+    return choices, None
+
+
+def read_runtime_cache(path: Path) -> dict[str, dict]:
+    """The cached choices by key id; an unreadable file is said in one line and counts as empty."""
+    choices, problem = _read_choices(path)
+    if problem:
+        print(f"Runtime choice cache {path} is unreadable ({problem}): measuring again", flush=True)
+    return choices
+
+
+def save_runtime_choice(path: Path, entry: dict) -> None:
+    """Adds `entry` to the cache file, written atomically: a concurrent reader sees the old file or the
+    new one, and of two processes saving at once the last rename wins (the other one's entry is then
+    measured again next time, never corrupted). A cache that cannot be written is said, not fatal."""
+    choices, _ = _read_choices(path)  # again: another process may have added its choice since
+    choices[key_id(entry["key"])] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"choices": choices})
+    except OSError as exc:
+        print(f"Could not save the runtime choice in {path} ({summary(exc)}): measured again next time")
+
+
+def synthetic_images(batch_size: int, input_size: Sequence[int], seed: int = MEASURE_SEED) -> np.ndarray:
+    """Seeded RGB 0..255 noise [batch_size, H, W, 3] as float32: runtime speed does not depend on content,
+    and noise exercises every channel for the parity check."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch_size, *input_size, 3)).astype(np.float32)
+
+
+def float32_parity_failure(reference: np.ndarray, outputs: np.ndarray) -> str | None:
+    """Why `outputs` leave the export's float32 bounds around `reference` (`mgn_tf.export.parity`: max |diff|
+    over max |reference|, and every row's cosine), or None when they are within them."""
+    from mgn_tf.export.parity import FLOAT32_MAX_REL_DIFF, FLOAT32_MIN_COSINE, cosine_similarities
+
+    if outputs.shape != reference.shape:
+        return f"output shape {outputs.shape} != {reference.shape}"
+    if not np.isfinite(outputs).all():
+        return "non-finite outputs"
+    scale = float(np.abs(reference).max())
+    max_abs = float(np.abs(outputs.astype(np.float64) - reference).max())
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
+    if not max_rel <= FLOAT32_MAX_REL_DIFF:
+        return f"max rel diff {max_rel:.3g} > {FLOAT32_MAX_REL_DIFF:g}"
+    min_cos = float(cosine_similarities(outputs, reference).min())
+    if not min_cos >= FLOAT32_MIN_COSINE:
+        return f"min cosine {min_cos:.9f} < {FLOAT32_MIN_COSINE:.9f}"
+    return None
+
+
+def _checked_functions(
+    candidates: dict[str, Callable[[], RunFunction]], pixels: np.ndarray
+) -> tuple[dict[str, RunFunction], dict[str, str]]:
+    """Builds each candidate and makes its warm-up call on `pixels`; returns those within the float32 bounds
+    of the first that runs (the reference), and the reason for each one excluded (printed)."""
+    functions: dict[str, RunFunction] = {}
+    excluded: dict[str, str] = {}
+    reference, reference_name = None, ""
+    for name, build in candidates.items():
+        try:
+            run = build()
+            outputs = np.asarray(run(pixels), np.float32)  # the warm-up: graph optimisation, allocation
+        except Exception as exc:  # a runtime that cannot convert or run this model is not a candidate
+            excluded[name] = f"failed: {summary(exc)}"
+        else:
+            if reference is None:
+                reference, reference_name = outputs, name
+            failure = float32_parity_failure(reference, outputs)
+            if failure is None:
+                functions[name] = run
+                continue
+            excluded[name] = f"{failure} against {reference_name}"
+        print(f"Runtime {name} excluded from the choice: {excluded[name]}", flush=True)
+    return functions, excluded
+
+
+def _images_per_second(functions: dict[str, RunFunction], pixels: np.ndarray) -> dict[str, float]:
+    """Each function's speed on `pixels`, calls taken in turn so that another process's burst of load
+    slows every candidate alike; the fastest call counts (load only ever slows a call down)."""
+    best = dict.fromkeys(functions, np.inf)
+    calls, start, budget = 0, time.perf_counter(), MEASURE_SECONDS * len(functions)
+    while calls < MEASURE_MIN_CALLS or (calls < MEASURE_MAX_CALLS and time.perf_counter() - start < budget):
+        for name, run in functions.items():
+            began = time.perf_counter()
+            run(pixels)
+            best[name] = min(best[name], time.perf_counter() - began)
+        calls += 1
+    return {name: round(len(pixels) / seconds, 2) for name, seconds in best.items()}
+
+
+@dataclass
+class RuntimeChoice:
+    """What `choose_runtime` chose: the engine's name, its run function, and the report behind it."""
+
+    engine: str
+    run: RunFunction
+    report: dict
+
+
+def _measure(key: dict, candidates: dict[str, Callable[[], RunFunction]]) -> RuntimeChoice:
+    pixels = synthetic_images(key["batch_size"], key["input_size"])
+    functions, excluded = _checked_functions(candidates, pixels)
+    if not functions:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
+        raise RuntimeChoiceError(f"no float32 runtime can run this model ({reasons})")
+    speeds = _images_per_second(functions, pixels) if len(functions) > 1 else dict.fromkeys(functions)
+    chosen = max(functions, key=lambda name: speeds[name] or 0.0)
+    report = {
+        "chosen": chosen,
+        "candidates": speeds,
+        "excluded": excluded,
+        "cached": False,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "key": key,
+    }
+    return RuntimeChoice(chosen, functions[chosen], report)
+
+
+def choice_line(path: Path, report: dict) -> str:
+    """The line saying a choice: Loaded <path> on <engine>, fastest of <a> (x img/s), <b> (y img/s) (...)."""
+    speeds = report["candidates"]
+    if len(speeds) == 1:
+        line = f"Loaded {path} on {report['chosen']}, the only float32 runtime that can run it here"
+    else:
+        ranked = sorted(speeds, key=lambda name: -speeds[name])
+        listed = ", ".join(f"{name} ({speeds[name]:.1f} img/s)" for name in ranked)
+        when = f"cached from {report['measured_at']}" if report["cached"] else "measured now"
+        size = "x".join(str(d) for d in report["key"]["input_size"])
+        line = (
+            f"Loaded {path} on {report['chosen']}, fastest of {listed} "
+            f"({when}, batch {report['key']['batch_size']} at {size})"
+        )
+    excluded = "; ".join(f"{name} {reason}" for name, reason in report["excluded"].items())
+    return f"{line}; excluded: {excluded}" if excluded else line
+
+
+def choose_runtime(path: Path, key: dict, candidates: dict[str, Callable[[], RunFunction]]) -> RuntimeChoice:
+    """The fastest of `candidates` (engine name -> builder of its float32 run function; the first is the
+    parity reference) for the job `key` describes (`runtime_key`), from the cache when it holds a choice
+    for that key, else measured on synthetic images and cached. Says the choice in one line."""
+    cache = runtime_cache_file()
+    entry = read_runtime_cache(cache).get(key_id(key))
+    if isinstance(entry, dict) and entry.get("key") == key and entry.get("chosen") in candidates:
+        report = {**entry, "cached": True}
+        choice = RuntimeChoice(entry["chosen"], candidates[entry["chosen"]](), report)
+    else:
+        choice = _measure(key, candidates)
+        if len(choice.report["candidates"]) > 1:  # a single runtime is no measurement to keep
+            save_runtime_choice(cache, {k: v for k, v in choice.report.items() if k != "cached"})
+    choice.report["cache_file"] = str(cache)
+    print(choice_line(path, choice.report), flush=True)
+    return choice
 
 
 # ----------------------------------------------------------------------------------------------- keras
@@ -289,12 +551,15 @@ class KerasEmbedder(Embedder):
     changed later (build a new one). `frozen=False` always runs on the variables, exactly as Keras does
     (the export's parity reference); `frozen=True` freezes at once.
 
-    `runtime`: "auto" freezes with OpenVINO when it is installed, else with TensorFlow; "native" always
-    with TensorFlow; "openvino" with OpenVINO, at once. `engine` says what runs the model now.
+    `runtime`: "auto" freezes with the faster of TensorFlow and OpenVINO on this machine at the batch
+    size `embed` is called with (`choose_runtime`: measured, or read from the cache), so a freeze that
+    is due before that size is known (`expect`, `frozen=True`) happens at the next `embed` call; "native"
+    always with TensorFlow; "openvino" with OpenVINO, at once. `engine` says what runs the model now.
     """
 
     format = "keras"
-    FREEZE_MIN_IMAGES = 2000
+    FREEZE_MIN_IMAGES = LARGE_JOB_RUNS
+    PENDING_ENGINE = "the fastest float32 runtime (measured at the next embed call)"
 
     def __init__(
         self, model, path: Path, flip_norm: bool = False, frozen: bool | None = None, runtime: str = "auto"
@@ -315,37 +580,60 @@ class KerasEmbedder(Embedder):
         self._fn = lambda batch: self._function(batch).numpy()
         self.frozen = False
         self.engine = "tensorflow"
+        self._freeze_due = False
         if frozen or runtime == "openvino":
-            self.freeze()
+            self._freeze_due = True  # runtime auto: at the first embed call, which brings the batch size
+            self.expect(0)
 
-    def freeze(self) -> None:
-        """From now on, run on a snapshot of the current weights (TensorFlow constants or OpenVINO)."""
+    def freeze(self, batch_size: int = 32) -> None:
+        """From now on, run on a snapshot of the current weights (TensorFlow constants or OpenVINO);
+        runtime auto chooses between them for batches of `batch_size` (the size `embed` is called with)."""
         if self.frozen:
             return
+        if self.runtime == "auto":
+            candidates = {"tensorflow frozen": self._tensorflow_frozen}
+            if openvino_available():
+                candidates["openvino"] = self._openvino
+            key = runtime_key(self.format, self.input_size, batch_size, self._threads())
+            choice = choose_runtime(self.path, key, candidates)
+            self._fn, self.engine, self.runtime_choice = choice.run, choice.engine, choice.report
+        elif self.runtime == "openvino":
+            self._fn, self.engine = self._openvino(), "openvino"
+        else:
+            self._fn, self.engine = self._tensorflow_frozen(), "tensorflow frozen"
+        self.frozen, self._freeze_due = True, False
+
+    def _tensorflow_frozen(self) -> RunFunction:
         import tensorflow as tf
 
-        if self.runtime == "openvino" or (self.runtime == "auto" and openvino_available()):
-            import openvino as ov
+        # TensorFlow's way to freeze a function (what the TFLite and ONNX converters use); not exported.
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-            self._fn = openvino_function(ov.convert_model(self._function.get_concrete_function()))
-            self.engine = "openvino"
-        else:
-            # TensorFlow's way to freeze a function (what the TFLite and ONNX converters use); not exported.
-            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        constant = convert_variables_to_constants_v2(self._function.get_concrete_function())
+        return lambda batch: tf.nest.flatten(constant(tf.constant(batch)))[0].numpy()
 
-            constant = convert_variables_to_constants_v2(self._function.get_concrete_function())
-            self._fn = lambda batch: tf.nest.flatten(constant(tf.constant(batch)))[0].numpy()
-            self.engine = "tensorflow frozen"
-        self.frozen = True
+    def _openvino(self) -> RunFunction:
+        import openvino as ov
 
-    def expect(self, num_runs: int) -> None:
-        if self._freeze_allowed and num_runs >= self.FREEZE_MIN_IMAGES:
-            self.freeze()
+        return openvino_function(ov.convert_model(self._function.get_concrete_function()))
 
-    def embed(self, images, batch_size: int = 32, **kwargs) -> np.ndarray:
-        flip = self.flip_norm if kwargs.get("flip") is None else kwargs["flip"]
-        self.expect(len(images) * (2 if flip else 1))
-        return super().embed(images, batch_size, **kwargs)
+    @staticmethod
+    def _threads() -> int:
+        """The threads both candidates get: TensorFlow's intra-op setting (`openvino_function` follows it),
+        else every core."""
+        import tensorflow as tf
+
+        return tf.config.threading.get_intra_op_parallelism_threads() or available_cores()
+
+    def expect(self, num_runs: int, batch_size: int | None = None) -> None:
+        if self._freeze_allowed and num_runs >= self.FREEZE_MIN_IMAGES and not self.frozen:
+            self._freeze_due = True
+        if not self._freeze_due:
+            return
+        if batch_size or self.runtime != "auto":
+            self.freeze(batch_size or 32)
+        else:  # what features.py and the gallery print before embedding: not TensorFlow on variables
+            self.engine = self.PENDING_ENGINE
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._fn(batch)
@@ -427,15 +715,22 @@ class TFLiteEmbedder(Embedder):
 
 
 class OnnxEmbedder(Embedder):
-    """An .onnx model run with onnxruntime (CPU), or with OpenVINO (`openvino=True`); `num_threads`
-    holds either to that many threads (default: the runtime's, every core)."""
+    """An .onnx model run with onnxruntime (CPU, `runtime` "native") or OpenVINO ("openvino"); "auto" runs
+    onnxruntime until a job of at least `CHOOSE_MIN_IMAGES` runs (flipped copies counted) makes it worth
+    compiling the model a second time, then the faster of the two at that job's batch size
+    (`choose_runtime`: measured, or read from the cache). `num_threads` holds either to that many threads
+    (default: the runtime's, every core)."""
 
     format = "onnx"
+    CHOOSE_MIN_IMAGES = LARGE_JOB_RUNS
 
     def __init__(
-        self, path: Path, flip_norm: bool = False, openvino: bool = False, num_threads: int | None = None
+        self, path: Path, flip_norm: bool = False, runtime: str = "native", num_threads: int | None = None
     ):
-        if openvino:
+        check_runtime(runtime)
+        self.runtime, self.num_threads = runtime, num_threads
+        self._choice_due = False
+        if runtime == "openvino":
             shape, meta = self._open_openvino(path, num_threads)
         else:
             shape, meta = self._open_onnxruntime(path, num_threads)
@@ -468,6 +763,26 @@ class OnnxEmbedder(Embedder):
         self._run_batch = openvino_function(model, num_threads)
         self.engine = "openvino"
         return shape, meta
+
+    def expect(self, num_runs: int, batch_size: int | None = None) -> None:
+        if self.runtime == "auto" and self.runtime_choice is None and num_runs >= self.CHOOSE_MIN_IMAGES:
+            self._choice_due = True
+        if self._choice_due and batch_size:  # announced ahead: chosen at the next embed call
+            self._choose(batch_size)
+
+    def _choose(self, batch_size: int) -> None:
+        candidates = {"onnxruntime": lambda: self._run_batch}  # the session this embedder opened
+        if openvino_available():
+            candidates["openvino"] = self._compile_openvino
+        key = runtime_key(self.format, self.input_size, batch_size, self.num_threads or available_cores())
+        choice = choose_runtime(self.path, key, candidates)
+        self._run_batch, self.engine, self.runtime_choice = choice.run, choice.engine, choice.report
+        self._choice_due = False
+
+    def _compile_openvino(self) -> RunFunction:
+        import openvino as ov
+
+        return openvino_function(ov.Core().read_model(str(self.path)), self.num_threads)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._run_batch(batch)
@@ -513,7 +828,7 @@ def load(
     elif fmt == "tflite":
         embedder = TFLiteEmbedder(path, flip_norm)
     else:
-        embedder = OnnxEmbedder(path, flip_norm, openvino=runtime == "openvino")
+        embedder = OnnxEmbedder(path, flip_norm, runtime=runtime)
     if input_size is not None and tuple(int(d) for d in input_size) != embedder.input_size:
         raise InputSizeError(path, embedder.input_size, (int(input_size[0]), int(input_size[1])))
     embedder.load_seconds = round(time.perf_counter() - started, 3)

@@ -222,6 +222,10 @@ def video_options():
     return options
 
 
+DROPPED = {"confidence": "below --min_confidence", "height": "below --min_box_height",
+           "stride": "off --frame_stride", "not kept by the tracker": "not kept by the tracker"}  # fmt: skip
+
+
 def add_videos(gallery, jobs, directory: Path) -> dict:
     """Indexes the videos' tracklets (or boxes) into `gallery`; prints what each gave and its problems."""
     from mgn_tf.video.frames import FrameSource
@@ -245,10 +249,10 @@ def add_videos(gallery, jobs, directory: Path) -> dict:
         if fresh:
             gallery.add_features(features[fresh], [items[i].path for i in fresh], [items[i] for i in fresh])
         known.update(items[i].path for i in fresh)
-        dropped = ", ".join(f"{n} by {why}" for why, n in report.dropped.items())
+        dropped = ", ".join(f"{n} {DROPPED[why]}" for why, n in report.dropped.items())
         print(
-            f"{report.camera}: {report.embedded} box(es) of {report.frames_read} frame(s) embedded"
-            f"{f' ({dropped} dropped)' if dropped else ''} -> {len(items)} "
+            f"{report.camera}: {report.embedded} box(es) from {report.frames_used} frame(s) embedded"
+            f"{f' (dropped: {dropped})' if dropped else ''} -> {len(items)} "
             f"{'box item' if options.per_box else 'tracklet'}(s), {len(items) - len(fresh)} already indexed",
             flush=True,
         )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# runtime auto's measured choices (mgn_tf.inference.runtime_cache_file): the tests, and the commands they
+# run, measure in a cache of their own instead of reading or writing the user's ~/.cache/mgn_tf.
+os.environ.setdefault("MGN_TF_CACHE_DIR", tempfile.mkdtemp(prefix="mgn_tf_cache_"))
 
 SHARED = Path(os.environ.get("MGN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 

@@ -101,7 +101,8 @@ class Report:
     dropped: dict = field(default_factory=dict)  # reason -> count (filters)
     embedded: int = 0
     items: int = 0
-    frames_read: int = 0
+    frames_used: int = 0  # frames with boxes (or searched by the detector)
+    frames_read: int = 0  # the last frame decoded
     fps: float | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -216,6 +217,7 @@ def _embed_boxes(embedder, source, boxes, options, tracker, report, flip) -> dic
     pending: list[tuple[Box, tuple, np.ndarray, np.ndarray]] = []  # box, clipped, crop, resized
     outside = []
     strip_frames = _strip_frames(boxes) if boxes and not tracker else {}
+    embedder.expect(len(boxes) * (2 if flip else 1))  # all boxes come in chunks: a large job may freeze
 
     def flush():
         if not pending:
@@ -254,6 +256,7 @@ def _embed_boxes(embedder, source, boxes, options, tracker, report, flip) -> dic
                 pending.append((box, clipped, crop, resize_pixels(crop, embedder.input_size)))
             if tracker is not None or len(pending) >= EMBED_CHUNK:
                 flush()
+            report.frames_used += 1
             bar.update(1)
         flush()
     report.frames_read = source.frames_read
