@@ -264,3 +264,29 @@ def test_a_version_1_image_index_still_loads(tmp_path):
         ("/a/c.jpg", None, None, None)
     ]  # fmt: skip
     assert "tracklet" not in (tmp_path / "v1" / "items_00000.jsonl").read_text()
+
+
+def test_plain_detections_are_linked_by_a_boxmot_tracker_fed_the_embeddings(setup, truth, tmp_path):
+    """Without ids, BoT-SORT links the boxes: its tracklets split the detections (the ground-truth boxes
+    without ids) among them, each box kept once or counted as not kept, each tracklet mostly one person."""
+    pytest.importorskip("boxmot", reason="the tracking extra (boxmot, PyTorch) is not installed")
+    from mgn_tf.video.tracklets import Options, VideoJob, index_video
+
+    data = setup["data"]
+    items, _, report = index_video(
+        truth[1], VideoJob(data["videos"][0], data["det"][0]), tmp_path, Options(tracker="botsort")
+    )
+    truth_boxes = {
+        (f, x, y, w, h): t for t, boxes in gt_tracks(data["gt"][0]).items() for f, x, y, w, h in boxes
+    }
+    kept = pure = 0
+    for item in items:
+        boxes = json.loads(Path(item.tracklet["boxes_file"]).read_text())["boxes"]
+        ids = [truth_boxes[(b["frame"], b["x"], b["y"], b["w"], b["h"])] for b in boxes]
+        assert item.tracklet["boxes"] == len(boxes) and len(set(b["frame"] for b in boxes)) == len(boxes)
+        kept += len(boxes)
+        pure += max(ids.count(i) for i in set(ids))  # boxes of the person the tracklet mostly follows
+    assert kept + report.dropped.get("not kept by the tracker", 0) == len(truth_boxes)
+    # every detection in one tracklet at most, and most of a tracklet's boxes one person's; how well the
+    # tracker does with and without the embeddings is measured by benchmarks/bench_tracking.py
+    assert pure >= 0.75 * kept and len(items) >= len(gt_tracks(data["gt"][0]))
