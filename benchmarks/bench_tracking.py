@@ -221,6 +221,14 @@ def main() -> None:
         "'none' = the same tracker with use_embeddings=False (motion and overlap only). boxmot's own re-ID "
         "models are not compared: their weights download on first use, which these machines cannot do."
     )
+    with_, without = ({r["tracker"]: r for r in rows if r["appearance"] == a} for a in ("mgn_tf", "none"))
+    deltas = ", ".join(
+        f"{t} {100 * (with_[t]['HOTA'] - without[t]['HOTA']):+.1f} HOTA / "
+        f"{100 * (with_[t]['IDF1'] - without[t]['IDF1']):+.1f} IDF1"
+        for t in with_
+        if t in without
+    )
+    notes += f"\n\nmgn_tf embeddings vs none (points): {deltas}."
     payload = {"runs": rows, "retrieval": cross, "settings": vars(args)}
     print(
         results.write(

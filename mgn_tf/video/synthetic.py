@@ -1,12 +1,12 @@
 """Generated camera videos with ground truth, for the video tests and benchmarks/bench_tracking.py.
 
-Synthetic pedestrians (mgn_tf.data.synthetic's identities, re-drawn every frame with a new walking pose
-and jitter) walk across each camera's background, in both directions, so that walkers in the same band
-cross and occlude one another; every identity walks through every camera (overlapping identities), each
-camera with its own colour response and background. Per camera it writes the video (MJPG .avi, or a
-MOTChallenge frame folder `img1/` with seqinfo.ini), the ground truth `gt.txt` (MOTChallenge:
-frame,id,x,y,w,h,1,1,1; track ids differ per camera) and the same boxes as plain detections `det.txt`
-(id -1), and `identities.json` maps each camera's track id to the person.
+Synthetic pedestrians (mgn_tf.data.synthetic's identities, drawn once per camera crossing, with fresh
+sensor noise every frame) walk across each camera's background, in both directions, so that walkers in
+the same band cross and occlude one another; every identity walks through every camera (overlapping
+identities), each camera with its own colour response and background. Per camera it writes the video
+(MJPG .avi, or a MOTChallenge frame folder `img1/` with seqinfo.ini), the ground truth `gt.txt`
+(MOTChallenge: frame,id,x,y,w,h,1,1,1; track ids differ per camera) and the same boxes as plain
+detections `det.txt` (id -1), and `identities.json` maps each camera's track id to the person.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from PIL import Image
 from mgn_tf.data.synthetic.render import _background, make_camera, make_identity, render
 
 ASPECT = 0.4  # box width / height of a pedestrian
+SENSOR_NOISE = 4.0  # grey levels of fresh noise per frame
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,14 @@ def generate_videos(
         camera = make_camera(rng)
         walks = plan(c, people, frames, size, rng)
         background = np.asarray(_background(rng, camera, *size))
+        # One drawing per walk: a person keeps one view and pose while crossing a camera (the renderer picks
+        # a random view per image, which in a video would flip front/back from frame to frame).
+        sprites = {
+            w.track_id: np.asarray(
+                render(identities[w.person], camera, rng, (w.height, round(w.height * ASPECT)))
+            ).astype(np.float32)
+            for w in walks
+        }
         if frame_folders:
             (root / name / "img1").mkdir(parents=True, exist_ok=True)
             (root / name / "seqinfo.ini").write_text(
@@ -95,8 +104,10 @@ def generate_videos(
                 if box is None:
                     continue
                 x, y, w, h = box
-                sprite = render(identities[walk.person], camera, rng, (h, w))
-                pixels[y : y + h, x : x + w] = np.asarray(sprite)
+                noise = rng.normal(0, SENSOR_NOISE, (h, w, 3))
+                pixels[y : y + h, x : x + w] = np.clip(sprites[walk.track_id] + noise, 0, 255).astype(
+                    np.uint8
+                )
                 lines.append((frame, walk.track_id, x, y, w, h))
             if frame_folders:
                 Image.fromarray(pixels).save(root / name / "img1" / f"{frame:06d}.jpg", quality=92)
