@@ -734,10 +734,16 @@ class OnnxEmbedder(Embedder):
             shape, meta = self._open_openvino(path, num_threads)
         else:
             shape, meta = self._open_onnxruntime(path, num_threads)
+        info = json.loads(meta or "{}")
+        if info.get("profile") == "boxmot":  # NCHW, ImageNet-normalised: another input contract
+            raise ValueError(
+                f"{path} is a boxmot-profile export (NCHW input, normalised as boxmot does): run it in "
+                "boxmot; mgn_tf loads the default profile's .onnx"
+            )
         height, width = shape[1:3]
         if not (isinstance(height, int) and isinstance(width, int)):
             raise ValueError(f"{path}: the input has no fixed height/width ({shape})")
-        baked = json.loads(meta or "{}").get("flip_norm", False)
+        baked = info.get("flip_norm", False)
         super().__init__(path, (height, width), bool(baked), flip_norm)
 
     def _open_onnxruntime(self, path: Path, num_threads: int | None):

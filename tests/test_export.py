@@ -67,6 +67,8 @@ def test_cli_exports_every_format_within_bounds(exported):
         "tflite/int8_static",
         "onnx",
         "onnx/int8_static",
+        "boxmot/onnx",  # the boxmot profile (tests/test_export_boxmot.py)
+        "boxmot/openvino",
     }
     for name in names:
         assert name in exported.stdout  # the printed table
@@ -83,7 +85,9 @@ def test_cli_exports_every_format_within_bounds(exported):
     checked = report["accuracy"]
     assert checked["split"]["num_query"] == 32 and checked["split"]["num_gallery"] == 32
     signatures = {n for n in names if n.startswith("saved_model_cli") or n.endswith("serving_default")}
-    assert {r["name"] for r in checked["artefacts"]} == names - signatures - {"keras"}
+    # the boxmot profile's artefacts take boxmot's input, not mgn_tf.inference's: parity only
+    boxmot = {n for n in names if n.startswith("boxmot/")}
+    assert {r["name"] for r in checked["artefacts"]} == names - signatures - boxmot - {"keras"}
     assert all(r["ok"] for r in checked["artefacts"]) and 0 < checked["keras"]["mAP"] <= 1
     assert "Accuracy on market1501 (32 queries, 32 gallery images" in exported.stdout
 
@@ -310,6 +314,9 @@ def _run_export(*args: str, code: str | None = None) -> subprocess.CompletedProc
         (["--weights={run}", "--out={out}", "--parity_images={empty}"], "{empty} holds 0 distinct"),
         (["--weights={run}", "--out={out}", "--parity_images={run}/none"], "{run}/none: not a directory"),
         (["--weights={run}", "--out={out}", "--onnx_variants=fp32,int4"], "fp32,int8_static"),
+        (["--weights={run}", "--out={out}", "--profile=boxmot,torch"], "subset of default,boxmot"),
+        # a flag of the default profile without it: the user expects artefacts boxmot alone does not write
+        (["--weights={run}", "--out={out}", "--profile=boxmot", "--formats=onnx"], "--formats: used by the"),
         (["--weights={run}", "--out={out}", "--calibration_images={empty}"], "{empty}: no images to"),
         # the run records no training data: static int8, asked for by name, needs --calibration_images
         (["--weights={run}", "--out={out}", "--onnx_variants=int8_static"], "--calibration_images: needed"),

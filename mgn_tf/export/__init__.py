@@ -10,6 +10,7 @@ Modules (nothing is imported here):
   quantize      calibration images; static int8 ONNX (QDQ, per-channel)
   accuracy      rank-1 / mAP of every artefact on a labelled split, and the mAP gate
   onnx_model    tf2onnx in a lean child process, with its peak RSS
+  boxmot        --profile boxmot: the ONNX with boxmot's NCHW ImageNet-normalised input, its OpenVINO IR
   parity        the parity batch, bounds and table
 Names shared with the loader (signatures, tensor keys, export info): mgn_tf.artifacts. Loading any
 artefact for inference: mgn_tf.inference.load.

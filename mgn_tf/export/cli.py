@@ -3,6 +3,8 @@
     python -m export --weights runs/market --out exported
     python -m export --weights runs/market/checkpoints/step_00012345 --out exported \\
         --formats savedmodel,onnx --bake_flip_norm --parity_images ../shared/data/mini_market1501
+    python -m export --weights runs/market --out exported --profile boxmot \\
+        --parity_images ../shared/data/mini_market1501 --parity_count 32
 
 Writes a SavedModel (TF Serving layout), TFLite and ONNX files (static int8 ones calibrated on a seeded
 sample of --calibration_images, default the run's training images) and checks each against the Keras
@@ -10,6 +12,9 @@ model: prints a parity table (max |diff|, max |diff| over max |Keras embedding|,
 pairwise spread, size, images/s) and an accuracy table (rank-1 and mAP of Keras and of every artefact on
 a labelled split: --accuracy_dataset/--accuracy_data_dir, default the run's test split) and writes both
 to <out>/export_report.json. The input size is the run's unless --input_height/--input_width are set.
+--profile boxmot writes <model_name>_boxmot.onnx and an OpenVINO IR (<model_name>_boxmot_openvino_model/)
+that boxmot's ReID backends load as they are (NCHW input, ImageNet mean/std; mgn_tf.export.boxmot),
+checked the same way; --profile default,boxmot writes both sets from one conversion.
 Exit codes: 0 ok; 1 a bound is broken: for float32 artefacts max |diff| over max |Keras embedding|
 > 1e-4 or a cosine to Keras < 1 - 1e-6, for float16/int8 ones a cosine < 0.999, for static int8 ones a
 cosine < 0.95, different images giving (nearly) equal embeddings (the same bounds with and without
@@ -38,7 +43,7 @@ from mgn_tf.artifacts import (
     find_run_files,
 )
 from mgn_tf.errors import ConfigError, summary
-from mgn_tf.export import onnx_model
+from mgn_tf.export import boxmot, onnx_model
 from mgn_tf.flags import input_size_from_flags
 from mgn_tf.geometry import check_input_size
 
@@ -55,6 +60,13 @@ def define_flags() -> list[str]:
         "(<run>/checkpoints/step_N) or any *.weights.h5 of a run.",
     )
     flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_list(
+        "profile",
+        ["default"],
+        "What to export, from default,boxmot: default is --formats (SavedModel, TFLite, ONNX taking NHWC "
+        "RGB 0..255); boxmot is an ONNX file and an OpenVINO IR taking boxmot's NCHW ImageNet-normalised "
+        "crops (docs/export.md).",
+    )
     flags.DEFINE_list("formats", list(EXPORT_FORMATS), f"Formats to export, from {','.join(EXPORT_FORMATS)}.")
     flags.DEFINE_string(
         "model_name",
@@ -138,11 +150,30 @@ def define_flags() -> list[str]:
     return [name for name in FLAGS if name not in names_before]
 
 
+# Flags that only the default profile uses: given explicitly with --profile=boxmot alone, they are a mistake.
+_DEFAULT_PROFILE_FLAGS = (
+    "formats", "tflite_variants", "onnx_variants", "calibration_images", "calibration_count",
+    "calibration_seed", "accuracy_dataset", "accuracy_data_dir", "accuracy_identities", "max_map_drop",
+    "version", "session_loader_check",
+)  # fmt: skip
+
+
 def _check_flags() -> None:
     """Raises ConfigError naming the first bad flag."""
     for name in ("weights", "out"):
         if not FLAGS[name].value:
             raise ConfigError(f"--{name}: required")
+    if not FLAGS.profile or set(FLAGS.profile) - set(boxmot.PROFILES):
+        raise ConfigError(
+            f"--profile={','.join(FLAGS.profile)}: a comma-separated subset of {','.join(boxmot.PROFILES)}"
+        )
+    if "default" not in FLAGS.profile:
+        for name in _DEFAULT_PROFILE_FLAGS:
+            if FLAGS[name].present:
+                raise ConfigError(
+                    f"--{name}: used by the default profile only; pass --profile=default,"
+                    f"{','.join(FLAGS.profile)} to export both"
+                )
     for name, values, allowed in (
         ("formats", FLAGS.formats, EXPORT_FORMATS),
         ("tflite_variants", FLAGS.tflite_variants, tuple(TFLITE_VARIANTS)),
@@ -166,8 +197,9 @@ def _check_flags() -> None:
 
 
 def wants_static() -> bool:
-    return ("tflite" in FLAGS.formats and STATIC_VARIANT in FLAGS.tflite_variants) or (
-        "onnx" in FLAGS.formats and STATIC_VARIANT in FLAGS.onnx_variants
+    return "default" in FLAGS.profile and (
+        ("tflite" in FLAGS.formats and STATIC_VARIANT in FLAGS.tflite_variants)
+        or ("onnx" in FLAGS.formats and STATIC_VARIANT in FLAGS.onnx_variants)
     )
 
 
@@ -244,7 +276,7 @@ def accuracy_split_for(run: RunFiles):
     the run's default split is not on this machine; ConfigError for explicit flags that do not work."""
     from mgn_tf.export.accuracy import subset_identities
 
-    if not FLAGS.accuracy:
+    if not FLAGS.accuracy or "default" not in FLAGS.profile:  # it ranks with the default artefacts
         return None
     explicit = bool(FLAGS.accuracy_dataset or FLAGS.accuracy_data_dir)
     try:
@@ -353,6 +385,7 @@ def main(argv: list[str]) -> int:
                 speed_seconds=FLAGS.speed_seconds,
                 onnx_min_free_bytes=int(FLAGS.onnx_min_free_gib * 2**30),
                 info={"weights": str(run.weights), "num_classes": run.num_classes},
+                profiles=FLAGS.profile,
             )
     except locks.LockBusy as exc:
         return cli.error(exc)
@@ -362,6 +395,11 @@ def main(argv: list[str]) -> int:
         print(f"SavedModel {size / 1e6:.1f} MB for {report.weights_bytes / 1e6:.1f} MB of weights")
     if report.onnx_peak_rss_bytes:
         print(f"ONNX conversion peak RSS {report.onnx_peak_rss_bytes / 1e9:.2f} GB")
+    if report.boxmot:
+        onnx_path, xml = report.artefacts["boxmot_onnx"], report.artefacts["boxmot_openvino"]
+        print(f"boxmot: reid_weights={onnx_path} (or the OpenVINO IR {xml.parent})")
+        if report.boxmot["reference"]:
+            print(f"boxmot reference embeddings: {report.boxmot['reference']} (benchmarks/check_boxmot.py)")
     accuracy_table = report.accuracy_table()
     if accuracy_table:
         split = report.accuracy_split

@@ -7,6 +7,9 @@ Layout of `out_dir`:
     <model_name>.onnx                  ONNX
     <model_name>_int8_static.onnx      ONNX, static int8 (QDQ), calibrated on real images
     export_report.json                 parity table, sizes, speeds, conversion memory, accuracy table
+
+and with the boxmot profile (`profiles` holding "boxmot"; mgn_tf.export.boxmot), an ONNX file and an
+OpenVINO IR taking boxmot's NCHW ImageNet-normalised input, their sidecars and reference embeddings.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from mgn_tf.artifacts import (
     TFLITE_VARIANTS,
 )
 from mgn_tf.data.datasets import Split
-from mgn_tf.export import accuracy, onnx_model, parity, quantize, saved_model, tflite_model
+from mgn_tf.export import accuracy, boxmot, onnx_model, parity, quantize, saved_model, tflite_model
 from mgn_tf.files import atomic_write_json
 from mgn_tf.inference import KerasEmbedder, load
 from mgn_tf.model import embedding_model
@@ -60,6 +63,7 @@ class ExportReport:
     accuracy_reference: accuracy.Accuracy | None = None
     accuracy: list[accuracy.Accuracy] = field(default_factory=list)
     max_map_drop: float | None = None
+    boxmot: dict | None = None  # the boxmot profile's input contract and reference file
 
     @property
     def ok(self) -> bool:
@@ -92,6 +96,7 @@ class ExportReport:
             "results": [r.to_dict() for r in self.results],
             "calibration": self.calibration,
             "skipped": self.skipped,
+            "boxmot": self.boxmot,
             "accuracy": None
             if self.accuracy_reference is None
             else {
@@ -123,6 +128,7 @@ def export_all(
     onnx_min_free_bytes: int = onnx_model.DEFAULT_MIN_FREE_BYTES,
     info: dict | None = None,
     skipped: dict[str, str] | None = None,
+    profiles: Sequence[str] = ("default",),
 ) -> ExportReport:
     """Exports `model` (a build_mgn model or its embedding model) and checks parity of every artefact.
 
@@ -135,7 +141,15 @@ def export_all(
     artefact and the Keras model are also evaluated on it (rank-1, mAP) and an artefact more than
     `max_map_drop` points of mAP below Keras fails. Check `report.ok`; nothing raises for a broken bound.
     `skipped` ({artefact key: reason}) goes into the report as the artefacts the caller left out.
+    `profiles`: "default" exports `formats`; "boxmot" exports the boxmot-profile ONNX and OpenVINO IR
+    (`mgn_tf.export.boxmot`), checked against Keras on the parity images normalised as boxmot normalises
+    its crops; without "default", `formats` and the variants are not used (nor the accuracy split, which
+    ranks with `mgn_tf.inference`, which does not read boxmot's input).
     """
+    bad_profiles = sorted(set(profiles) - set(boxmot.PROFILES))
+    if bad_profiles or not profiles:
+        raise ValueError(f"profiles must be a non-empty subset of {boxmot.PROFILES}, got {list(profiles)}")
+    wants_boxmot = boxmot.PROFILE in profiles
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown or not formats:
         raise ValueError(f"formats must be a non-empty subset of {EXPORT_FORMATS}, got {list(formats)}")
@@ -148,6 +162,8 @@ def export_all(
     wants_static = ("tflite" in formats and STATIC_VARIANT in tflite_variants) or (
         "onnx" in formats and STATIC_VARIANT in onnx_variants
     )
+    if "default" not in profiles:
+        formats, accuracy_split, wants_static = (), None, False
     if wants_static and calibration is None:
         raise ValueError(f"the {STATIC_VARIANT} variants need calibration images (calibration=...)")
     out_dir = Path(out_dir)
@@ -177,18 +193,22 @@ def export_all(
         )
     )
 
-    scratch = None if "savedmodel" in formats else Path(tempfile.mkdtemp(prefix="mgn_export_"))
+    # The SavedModel and ONNX files that are only steps to other artefacts.
+    scratch = Path(tempfile.mkdtemp(prefix="mgn_export_"))
     started = time.perf_counter()
-    sm_dir = saved_model.export_saved_model(model, scratch or out_dir, model_name, version, flip_norm, info)
+    sm_dir = saved_model.export_saved_model(
+        model, out_dir if "savedmodel" in formats else scratch, model_name, version, flip_norm, info
+    )
     report.seconds["savedmodel"] = time.perf_counter() - started
-    if scratch is None:
+    if "savedmodel" in formats:
         report.artefacts["savedmodel"] = sm_dir
     log.info("SavedModel written to %s (%.0f s)", sm_dir, report.seconds["savedmodel"])
     conversion = None
     try:
-        if "onnx" in formats:
+        if "onnx" in formats or wants_boxmot:
+            onnx_dir = out_dir if "onnx" in formats else scratch
             onnx_model.wait_for_memory(onnx_min_free_bytes)
-            conversion = onnx_model.start_conversion(sm_dir, out_dir / f"{model_name}.onnx", opset, info)
+            conversion = onnx_model.start_conversion(sm_dir, onnx_dir / f"{model_name}.onnx", opset, info)
             log.info("tf2onnx started in child process %d", conversion.process.pid)
         if "tflite" in formats:
             for variant in tflite_variants:
@@ -212,7 +232,7 @@ def export_all(
                 conversion.seconds,
                 conversion.peak_rss_bytes / 1e9,
             )
-            if STATIC_VARIANT in onnx_variants:
+            if "onnx" in formats and STATIC_VARIANT in onnx_variants:
                 started = time.perf_counter()
                 path = out_dir / f"{model_name}_{STATIC_VARIANT}.onnx"
                 report.artefacts[f"onnx_{STATIC_VARIANT}"] = quantize.quantize_onnx(
@@ -220,7 +240,11 @@ def export_all(
                 )
                 report.seconds[f"onnx_{STATIC_VARIANT}"] = time.perf_counter() - started
                 log.info("ONNX %s written to %s", STATIC_VARIANT, path)
-            if "fp32" in onnx_variants:
+            if wants_boxmot:
+                report.boxmot = _export_boxmot(
+                    report, fp32_onnx, model_name, info, size, batch, reference, keras_embedder
+                )
+            if "onnx" in formats and "fp32" in onnx_variants:
                 report.artefacts["onnx"] = fp32_onnx
             else:
                 fp32_onnx.unlink()
@@ -243,15 +267,66 @@ def export_all(
                 report.results.append(
                     _check(name, ONNX_VARIANTS[variant], path, batch, reference, flip_norm, speed_seconds)
                 )
+        for key, path in report.artefacts.items():
+            if key.startswith(BOXMOT_PREFIX):
+                report.results.append(_check_boxmot(key, path, batch, reference, flip_norm, speed_seconds))
         if accuracy_split is not None:
             _check_accuracy(report, keras_embedder, accuracy_split, max_map_drop)
     finally:
         if conversion is not None:
             conversion.cancel()  # a no-op once finished
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     atomic_write_json(out_dir / EXPORT_REPORT, report.to_dict())
     return report
+
+
+BOXMOT_PREFIX = "boxmot_"  # artefact keys of the boxmot profile: boxmot_onnx, boxmot_openvino
+
+
+def _export_boxmot(report, fp32_onnx: Path, model_name: str, info, size, batch, reference, keras_embedder):
+    """Writes the boxmot-profile ONNX and IR beside the other artefacts (from the fp32 ONNX), and the
+    Keras embeddings of the parity images when they are files (through mgn_tf's decoding and, with
+    OpenCV installed, made into crops as boxmot makes them); returns the report's `boxmot` entry."""
+    out_dir = report.out_dir
+    contract = boxmot.boxmot_info(info, size)
+    started = time.perf_counter()
+    onnx_path = boxmot.write_onnx(fp32_onnx, out_dir / boxmot.onnx_name(model_name), contract)
+    report.artefacts["boxmot_onnx"] = onnx_path
+    report.seconds["boxmot_onnx"] = time.perf_counter() - started
+    started = time.perf_counter()
+    xml = boxmot.write_openvino(onnx_path, out_dir / boxmot.openvino_dir_name(model_name), contract)
+    report.artefacts["boxmot_openvino"] = xml
+    report.seconds["boxmot_openvino"] = time.perf_counter() - started
+    log.info("boxmot profile written: %s, %s", onnx_path, xml)
+    entry = {"input": contract, "reference": None}
+    if batch.files:  # real image files: a check without TensorFlow can read them again
+        crops = boxmot.opencv_crops(batch.files, size)
+        on_crops = None
+        if crops is None:
+            entry["reference_note"] = "no embeddings of boxmot-made crops: OpenCV is not installed"
+        else:
+            on_crops = keras_embedder.embed(crops.astype(np.float32), batch_size=len(crops))
+        path = out_dir / boxmot.reference_name(model_name)
+        written = boxmot.write_reference(path, batch.files, batch.root, reference, contract, on_crops)
+        entry["reference"], entry["reference_images"] = str(written), str(batch.root)
+    else:
+        entry["reference_note"] = "none: the parity images were generated (pass --parity_images)"
+    return entry
+
+
+def _check_boxmot(key, path, batch, reference, flip_norm, speed_seconds) -> parity.ParityResult:
+    """A boxmot-profile artefact on the parity images normalised as boxmot normalises its crops."""
+    runner = boxmot.OnnxRunner(path) if key == "boxmot_onnx" else boxmot.OpenVinoRunner(path)
+    inputs = boxmot.boxmot_inputs(batch.pixels)
+    outputs = runner(inputs)
+    speed = parity.images_per_second(runner, inputs, speed_seconds)
+    size = saved_model.directory_size(path if path.suffix == ".onnx" else path.parent)
+    result = parity.compare(_artefact_name(key), "float32", reference, outputs, size, speed)
+    if runner.info.get("flip_norm") != flip_norm or runner.info.get("input_layout") != "NCHW":
+        result.failures.append(f"artefact's export info {runner.info} does not describe this export")
+    del runner
+    gc.collect()
+    return result
 
 
 def _embed_fn(embedder):
@@ -291,6 +366,8 @@ def _check_accuracy(report: ExportReport, keras_embedder, split: Split, max_map_
     log.info("Accuracy on %s: %d queries, %d gallery", split.name, len(split.query), len(split.gallery))
     report.accuracy_reference = accuracy.retrieval_accuracy("keras", keras_embedder, split)
     for key, path in report.artefacts.items():
+        if key.startswith(BOXMOT_PREFIX):  # NCHW ImageNet input: not an mgn_tf.inference artefact
+            continue
         embedder = load(path)
         report.accuracy.append(accuracy.retrieval_accuracy(_artefact_name(key), embedder, split))
         log.info("Accuracy of %s: mAP %.2f%%", key, 100 * report.accuracy[-1].mAP)

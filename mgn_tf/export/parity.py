@@ -44,11 +44,15 @@ MIN_REFERENCE_SPREAD = 1e-6
 
 @dataclass
 class ParityBatch:
-    """Images for the parity check: float32 pixels [N, H, W, 3] and their encoded bytes (same pixels)."""
+    """Images for the parity check: float32 pixels [N, H, W, 3] and their encoded bytes (same pixels);
+    for images read from a folder, also the folder and the files (the boxmot profile's reference file
+    names them so that a check without TensorFlow can read the same images)."""
 
     pixels: np.ndarray
     encoded: list[bytes]
     source: str
+    root: Path | None = None
+    files: list[Path] | None = None
 
 
 def parity_batch(size: tuple[int, int], image_dir: str | Path | None = None, count: int = 8, seed: int = 0):
@@ -75,7 +79,8 @@ def parity_batch(size: tuple[int, int], image_dir: str | Path | None = None, cou
     if len(chosen) < count:
         kinds = ", ".join(IMAGE_EXTENSIONS)
         raise ValueError(f"{image_dir} holds {len(chosen)} distinct images ({kinds}); need {count}")
-    return ParityBatch(load_images(chosen, size), encoded, f"{len(chosen)} images from {image_dir}")
+    source = f"{len(chosen)} images from {image_dir}"
+    return ParityBatch(load_images(chosen, size), encoded, source, Path(image_dir), chosen)
 
 
 def _generated_batch(size: tuple[int, int], count: int, seed: int) -> ParityBatch:

@@ -1,9 +1,10 @@
 """The session's one export, shared by test_export.py and test_inference.py (fixtures in conftest.py).
 
 `python -m export` on a checkpoint folder of a run directory laid out as training writes it, holding a
-fresh MGN at 96x32 with distinct branch weights, with flip-averaging and L2 normalisation baked in; the
-static int8 variants calibrated on the 32 real images of mini_market1501/bounding_box_train, and every
-artefact's rank-1 / mAP checked on the mini_market1501 query/gallery split. The
+fresh MGN at 96x32 with distinct branch weights, with flip-averaging and L2 normalisation baked in, in
+both profiles (every default format, and boxmot's ONNX and OpenVINO IR); the static int8 variants
+calibrated on the 32 real images of mini_market1501/bounding_box_train, and every artefact's rank-1 /
+mAP checked on the mini_market1501 query/gallery split. The
 truth is the Keras model rebuilt from the run's final weights file in the test process, independent of
 `mgn_tf.inference`.
 """
@@ -77,6 +78,8 @@ def export_run(root: Path, mini_market: Path) -> Exported:
         "--accuracy_dataset=market1501", "--accuracy_data_dir", str(mini_market),
         # 32 queries: one query ranked differently moves mAP by up to 3 points
         "--max_map_drop=10",
+        # the boxmot ONNX and IR from the same conversion (tests/test_export_boxmot.py)
+        "--profile=default,boxmot",
     ]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1200)
