@@ -290,3 +290,34 @@ def test_plain_detections_are_linked_by_a_boxmot_tracker_fed_the_embeddings(setu
     # every detection in one tracklet at most, and most of a tracklet's boxes one person's; how well the
     # tracker does with and without the embeddings is measured by benchmarks/bench_tracking.py
     assert pure >= 0.75 * kept and len(items) >= len(gt_tracks(data["gt"][0]))
+
+
+def test_the_hog_detector_finds_the_walkers(truth, tmp_path):
+    """--detector hog (OpenCV's built-in people detector): most boxes it finds overlap a walker's
+    ground-truth box (IoU >= 0.3), and they are indexed like a detection file's."""
+    from mgn_tf.video.synthetic import generate_videos
+    from mgn_tf.video.tracklets import Options, VideoJob, index_video
+
+    data = generate_videos(
+        tmp_path / "hog", 1, people=3, frames=6, size=(360, 480), seed=1, frame_folders=True
+    )
+    items, _, report = index_video(
+        truth[1], VideoJob(data["videos"][0]), tmp_path / "index", Options(detector="hog", per_box=True)
+    )
+    walkers: dict[int, list] = {}
+    for boxes in gt_tracks(data["gt"][0]).values():
+        for f, x, y, w, h in boxes:
+            walkers.setdefault(f, []).append((x, y, w, h))
+
+    def iou(a, b):
+        w = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+        h = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+        return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+    found = [(i.tracklet["first_frame"], i.tracklet["box"]) for i in items]
+    hits = [
+        max((iou((b["x"], b["y"], b["w"], b["h"]), g) for g in walkers.get(f, [])), default=0)
+        for f, b in found
+    ]
+    assert len(found) >= 2 and sum(h >= 0.3 for h in hits) >= 0.5 * len(found), hits
+    assert report.frames_used == 6 and report.embedded == len(items)

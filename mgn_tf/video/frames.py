@@ -135,6 +135,11 @@ def hog_detect(frame: np.ndarray, min_height: int = 0) -> list[tuple[float, floa
     OpenCV): (x, y, w, h, score) per person. Weak (upright people of at least 64 x 128 pixels), but enough
     to try the tool on one's own video; a real detector's boxes go in through a detection file."""
     cv2 = import_cv2()
+    if not hasattr(cv2, "HOGDescriptor"):
+        raise ConfigError(
+            f"--detector=hog: OpenCV {cv2.__version__} has no HOG detector (OpenCV 5 moved it out): "
+            "pip install 'opencv-python-headless<5'"
+        )
     hog = cv2.HOGDescriptor()
     hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
     rects, weights = hog.detectMultiScale(frame, winStride=(8, 8), padding=(8, 8), scale=1.05)
