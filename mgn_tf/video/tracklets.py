@@ -252,7 +252,8 @@ def _embed_boxes(embedder, source, boxes, options, tracker, report, flip) -> dic
                 if clipped is None:
                     outside.append(box)
                     continue
-                crop = frame[clipped[1] : clipped[3], clipped[0] : clipped[2]]
+                # a copy: a view would keep its whole frame alive while the track holds the crop
+                crop = frame[clipped[1] : clipped[3], clipped[0] : clipped[2]].copy()
                 pending.append((box, clipped, crop, resize_pixels(crop, embedder.input_size)))
             if tracker is not None or len(pending) >= EMBED_CHUNK:
                 flush()
