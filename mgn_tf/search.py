@@ -204,8 +204,9 @@ def video_jobs() -> list:
         if not Path(path).exists():
             raise ConfigError(f"--{'videos' if path in F.videos else 'detections'}: {path} does not exist")
     jobs = [VideoJob(v, F.detections[i] if F.detections else None) for i, v in enumerate(F.videos)]
+    options = video_options() if jobs else None
     for job in jobs:  # before loading the model: a bad detection file fails in a second, not a minute
-        check_job(job, video_options())
+        check_job(job, options)
     return jobs
 
 
@@ -228,7 +229,7 @@ DROPPED = {"confidence": "below --min_confidence", "height": "below --min_box_he
 
 def add_videos(gallery, jobs, directory: Path) -> dict:
     """Indexes the videos' tracklets (or boxes) into `gallery`; prints what each gave and its problems."""
-    from mgn_tf.video.frames import FrameSource
+    from mgn_tf.video.frames import camera_name
     from mgn_tf.video.tracklets import index_video
 
     counts = {"added": 0, "skipped": 0, "already_indexed": 0}
@@ -236,7 +237,7 @@ def add_videos(gallery, jobs, directory: Path) -> dict:
     cameras = {item.camera: item.tracklet["video"] for item in gallery.items if item.tracklet}
     known = {item.path for item in gallery.items}
     for job in jobs:  # a camera's files are written under its name: two videos must not share one
-        camera, source = FrameSource(job.source).camera, str(Path(job.source).resolve())
+        camera, source = camera_name(job.source), str(Path(job.source).resolve())
         if cameras.setdefault(camera, source) != source:
             raise ConfigError(
                 f"--videos: {job.source} has the camera name {camera!r} of {cameras[camera]}; rename one"

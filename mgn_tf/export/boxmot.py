@@ -267,19 +267,18 @@ class OnnxRunner:
 
 
 class OpenVinoRunner:
-    """A boxmot-profile IR run by OpenVINO in float32 (as boxmot compiles it: f32 precision hint, so that
-    CPUs with bfloat16 units do not switch to it)."""
+    """A boxmot-profile IR run by OpenVINO in float32 (`mgn_tf.inference.openvino_function`, as boxmot
+    compiles it: f32 precision hint, so that CPUs with bfloat16 units do not switch to it)."""
 
     def __init__(self, xml: Path):
         import openvino as ov
 
-        core = ov.Core()
-        model = core.read_model(str(xml))
+        from mgn_tf.inference import openvino_function
+
+        model = ov.Core().read_model(str(xml))
         key = ["mgn_tf", EXPORT_INFO_NAME]
         self.info = json.loads(model.get_rt_info(key).astype(str)) if model.has_rt_info(key) else {}
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        self.request = compiled.create_infer_request()
+        self._run = openvino_function(model)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        # copy: the output array may be the request's own buffer, overwritten by the next call.
-        return np.array(self.request.infer({0: batch})[0], np.float32, copy=True)
+        return self._run(batch)

@@ -32,6 +32,15 @@ def import_cv2():
     return cv2
 
 
+def camera_name(path: str | Path) -> str:
+    """A camera's name: a video's file stem, a MOTChallenge sequence's folder (the parent of `img1/`, or
+    the folder holding it), else the frame folder's name."""
+    path = Path(path)
+    if path.is_dir():
+        return path.parent.name if path.name == "img1" else path.name
+    return path.stem
+
+
 class FrameSource:
     """One camera's frames: `frames(wanted)` yields (1-based frame number, RGB uint8 [H, W, 3]).
 
@@ -44,9 +53,9 @@ class FrameSource:
     def __init__(self, path: str | Path, fps: float | None = None):
         self.path = Path(path)
         self.frames_read = 0
+        self.camera = camera_name(self.path)
         if self.path.is_dir():
             folder = self.path / "img1" if (self.path / "img1").is_dir() else self.path
-            self.camera = folder.parent.name if folder.name == "img1" else folder.name
             self._files = self._numbered(folder)
             self.frame_count = max(self._files) if self._files else 0
             self.fps = fps or _seqinfo_rate(folder.parent)
@@ -56,7 +65,6 @@ class FrameSource:
             if not capture.isOpened():
                 raise ConfigError(f"{self.path}: cannot be opened as a video")
             self._files = None
-            self.camera = self.path.stem
             rate, count = capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)
             capture.release()
             self.fps = fps or (float(rate) if rate and rate > 0 else None)
