@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import sys
 import tempfile
 
@@ -68,6 +69,32 @@ def cpu_flags() -> set[str]:
 def onednn_off() -> bool:
     """Whether TensorFlow (imported or still to be imported) runs with oneDNN kernels off."""
     return os.environ.get(ONEDNN_ENV) == "0"
+
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def default_onednn_on() -> None:
+    """Turns TensorFlow's oneDNN kernels on for x86-64 CPUs unless the user chose (`TF_ENABLE_ONEDNN_OPTS`).
+
+    TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI / BF16, AVX-VNNI or AMX; on the rest
+    (AVX2-only servers and laptops) it runs Eigen's kernels, which take 2-3x oneDNN's time for MGN's
+    training step (docs/results/bench_speed.md, AVX2 table). `import mgn_tf` calls this: it takes effect
+    when TensorFlow is imported after mgn_tf. `--deterministic` still turns them off (`set_environment`).
+    """
+    if X86 and "tensorflow" not in sys.modules:
+        os.environ.setdefault(ONEDNN_ENV, "1")
+
+
+def onednn_active() -> bool | None:
+    """Whether the imported TensorFlow runs oneDNN kernels (None: TensorFlow not imported or cannot say)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer, private API
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def set_environment(deterministic: bool) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import mgn_tf  # noqa: F401  (first, before any test module imports TensorFlow: its oneDNN default applies)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # runtime auto's measured choices (mgn_tf.inference.runtime_cache_file): the tests, and the commands they
 # run, measure in a cache of their own instead of reading or writing the user's ~/.cache/mgn_tf.
