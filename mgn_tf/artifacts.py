@@ -67,8 +67,8 @@ EXPORT_INFO_NAME = (
     "mgn_export.json"  # SavedModel assets.extra/<name>, <file>.json beside TFLite, ONNX metadata
 )
 EXPORT_REPORT = "export_report.json"
-MODEL_FORMATS: tuple[str, ...] = ("keras", "savedmodel", "tflite", "onnx")  # what inference loads
-EXPORT_FORMATS: tuple[str, ...] = ("savedmodel", "tflite", "onnx")  # what export writes
+MODEL_FORMATS: tuple[str, ...] = ("keras", "savedmodel", "tflite", "onnx", "openvino")  # what inference loads
+EXPORT_FORMATS: tuple[str, ...] = ("savedmodel", "tflite", "onnx", "openvino")  # what export writes
 # TFLite variant (file <model_name>_<variant>.tflite) -> the precision its parity bound applies to
 # int8: dynamic-range (int8 weights, float activations); int8_static: full integer, calibrated activations.
 TFLITE_VARIANTS: dict[str, str] = {
@@ -76,6 +76,9 @@ TFLITE_VARIANTS: dict[str, str] = {
 }  # fmt: skip
 # ONNX variant -> its precision; file <model_name>.onnx for fp32, <model_name>_<variant>.onnx otherwise.
 ONNX_VARIANTS: dict[str, str] = {"fp32": "float32", "int8_static": "int8 static"}
+# OpenVINO IR variant -> its precision; files <model_name>_<variant>.xml and .bin (NNCF's static int8: the
+# int8 artefact that is fast on AVX2-only CPUs too). OpenVINO runs the float32 .onnx file as it is.
+OPENVINO_VARIANTS: dict[str, str] = {"int8_static": "int8 static"}
 STATIC_VARIANT = "int8_static"  # the variants that need calibration images
 
 
@@ -200,10 +203,14 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_file():
-        for suffix, name in ((WEIGHTS_SUFFIX, "keras"), (".tflite", "tflite"), (".onnx", "onnx")):
+        kinds = ((WEIGHTS_SUFFIX, "keras"), (".tflite", "tflite"), (".onnx", "onnx"), (".xml", "openvino"))
+        for suffix, name in kinds:
             if path.name.endswith(suffix):
                 return name
-        raise ValueError(f"{path}: unknown model file type (expected *{WEIGHTS_SUFFIX}, *.tflite or *.onnx)")
+        raise ValueError(
+            f"{path}: unknown model file type "
+            f"(expected *{WEIGHTS_SUFFIX}, *.tflite, *.onnx or an OpenVINO *.xml)"
+        )
     run_markers = (FINAL_WEIGHTS, CONFIG_NAME, CHECKPOINT_WEIGHTS)
     if any((path / name).is_file() for name in run_markers) or (path / CHECKPOINTS_DIR).is_dir():
         return "keras"

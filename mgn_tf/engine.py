@@ -53,8 +53,8 @@ def configure_runtime(config: TrainConfig) -> None:
         )
     if not config.deterministic and X86 and onednn_active() is False:
         print(
-            f"note: TensorFlow's oneDNN kernels are off ({ONEDNN_ENV}={os.environ.get(ONEDNN_ENV, 'unset')} when "
-            "it was imported): on CPUs without AVX-512 VNNI / AMX a training step takes 2-3x longer; "
+            f"note: TensorFlow's oneDNN kernels are off ({ONEDNN_ENV}={os.environ.get(ONEDNN_ENV, 'unset')} "
+            "when it was imported): on CPUs without AVX-512 VNNI / AMX a training step takes 2-3x longer; "
             f"set {ONEDNN_ENV}=1 before TensorFlow is imported (import mgn_tf first does so)",
             flush=True,
         )

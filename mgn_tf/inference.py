@@ -114,7 +114,7 @@ class Embedder:
     """Embeds images with one loaded model; subclasses implement `_run` on a float32 batch.
 
     Attributes:
-      format: one of `mgn_tf.artifacts.MODEL_FORMATS` ("keras", "savedmodel", "tflite", "onnx").
+      format: one of `mgn_tf.artifacts.MODEL_FORMATS` ("keras", "savedmodel", "tflite", "onnx", "openvino").
       input_size: (height, width) the model takes.
       flip_norm: whether `embed` returns flip-averaged, L2-normalised embeddings by default (done by the
         artefact itself when it was exported with --bake_flip_norm, else on the host when
@@ -763,9 +763,9 @@ class OnnxEmbedder(Embedder):
 
         model = ov.Core().read_model(str(path))
         shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
-        # OpenVINO keeps the ONNX metadata_props under "framework".
-        key = ["framework", EXPORT_INFO_NAME]
-        meta = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
+        # An .onnx file's metadata_props are under "framework"; mgn_tf's IRs keep it under "mgn_tf".
+        keys = (["framework", EXPORT_INFO_NAME], ["mgn_tf", EXPORT_INFO_NAME])
+        meta = next((model.get_rt_info(k).astype(str) for k in keys if model.has_rt_info(k)), None)
         self._run_batch = openvino_function(model, num_threads)
         self.engine = "openvino"
         return shape, meta
@@ -794,6 +794,16 @@ class OnnxEmbedder(Embedder):
         return self._run_batch(batch)
 
 
+class OpenVinoEmbedder(OnnxEmbedder):
+    """An OpenVINO IR (.xml beside its .bin: the export's openvino int8_static variant), run with OpenVINO,
+    its one runtime. Its int8 convolutions stay int8: the float32 hint applies to the unquantized ops."""
+
+    format = "openvino"
+
+    def __init__(self, path: Path, flip_norm: bool = False, num_threads: int | None = None):
+        super().__init__(path, flip_norm, runtime="openvino", num_threads=num_threads)
+
+
 # ------------------------------------------------------------------------------------------------ load
 
 
@@ -809,7 +819,7 @@ def load(
       path: a run directory, a checkpoint folder `checkpoints/step_N/` or any `*.weights.h5` of a run (its
         config.json is found beside or above it), a SavedModel directory (TF Serving base dir
         `<base>/<name>/`, `<base>/<name>/<version>/` or any SavedModel dir; the `embed` signature is
-        used), a `.tflite` or an `.onnx` file.
+        used), a `.tflite`, an `.onnx` file or an OpenVINO IR `.xml` (run by OpenVINO whatever `runtime`).
       input_size: (height, width). For Keras weights it rebuilds the model at that size; for an exported
         model it must equal the exported size (InputSizeError otherwise). None: the trained/exported size.
       flip_norm: return flip-averaged, L2-normalised embeddings by default. Computed on the host (two
@@ -821,9 +831,9 @@ def load(
     check_runtime(runtime)
     path = Path(path)
     fmt = detect_format(path)
-    if runtime == "openvino" and fmt not in ("keras", "onnx"):
+    if runtime == "openvino" and fmt not in ("keras", "onnx", "openvino"):
         raise RuntimeChoiceError(
-            f"OpenVINO runs run directories, checkpoints, weights files and .onnx files, not a {fmt} "
+            f"OpenVINO runs run directories, checkpoints, weights files, .onnx and .xml files, not a {fmt} "
             f"model ({path}); export it to ONNX or use runtime auto"
         )
     if fmt == "keras":
@@ -833,6 +843,9 @@ def load(
         embedder = SavedModelEmbedder(find_saved_model(path), flip_norm)
     elif fmt == "tflite":
         embedder = TFLiteEmbedder(path, flip_norm)
+    elif fmt == "openvino":
+        check_runtime("openvino")  # not installed: one line saying so
+        embedder = OpenVinoEmbedder(path, flip_norm)
     else:
         embedder = OnnxEmbedder(path, flip_norm, runtime=runtime)
     if input_size is not None and tuple(int(d) for d in input_size) != embedder.input_size:

@@ -66,6 +66,23 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_class(flags: set[str] | None = None, environ: dict[str, str] | None = None) -> str:
+    """The class of this CPU that decides which runtime and precision are fastest: the best of AMX,
+    AVX-512 VNNI, AVX-VNNI, AVX-512, AVX2 it has, or the machine name where /proc/cpuinfo says nothing
+    (macOS, Windows). Under the AVX2 cap (`isa_environment`) it is the class the cap makes of it."""
+    flags = cpu_flags() if flags is None else flags
+    environ = os.environ if environ is None else environ
+    if not flags:
+        return platform.machine() or "unknown"
+    if environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" and "avx2" in flags:
+        return "x86-64 AVX2 (capped)"
+    for flag, name in (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
+                       ("avx512f", "AVX-512"), ("avx2", "AVX2")):  # fmt: skip
+        if flag in flags:
+            return f"x86-64 {name}"
+    return platform.machine() or "unknown"
+
+
 def onednn_off() -> bool:
     """Whether TensorFlow (imported or still to be imported) runs with oneDNN kernels off."""
     return os.environ.get(ONEDNN_ENV) == "0"

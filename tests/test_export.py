@@ -67,6 +67,7 @@ def test_cli_exports_every_format_within_bounds(exported):
         "tflite/int8_static",
         "onnx",
         "onnx/int8_static",
+        "openvino/int8_static",
         "boxmot/onnx",  # the boxmot profile (tests/test_export_boxmot.py)
         "boxmot/openvino",
     }
@@ -75,11 +76,11 @@ def test_cli_exports_every_format_within_bounds(exported):
     assert report["onnx_peak_rss_bytes"] > 0
     assert (exported.saved_model / "saved_model.pb").is_file()
     files = ("mgn_fp32.tflite", "mgn_fp16.tflite", "mgn_int8.tflite", "mgn_int8_static.tflite", "mgn.onnx")
-    for name in (*files, "mgn_int8_static.onnx"):
+    for name in (*files, "mgn_int8_static.onnx", "mgn_int8_static.bin"):
         assert (exported.out / name).stat().st_size > 1e6
     sizes = {r["name"]: r["size_bytes"] for r in report["results"]}
     assert sizes["tflite/fp16"] < 0.55 * sizes["tflite/fp32"]
-    for name in ("tflite/int8", "tflite/int8_static", "onnx/int8_static"):
+    for name in ("tflite/int8", "tflite/int8_static", "onnx/int8_static", "openvino/int8_static"):
         assert sizes[name] < 0.3 * sizes["tflite/fp32"]
     # every artefact ranked the mini_market1501 gallery, next to Keras, through the same evaluator
     checked = report["accuracy"]
@@ -90,6 +91,46 @@ def test_cli_exports_every_format_within_bounds(exported):
     assert {r["name"] for r in checked["artefacts"]} == names - signatures - boxmot - {"keras"}
     assert all(r["ok"] for r in checked["artefacts"]) and 0 < checked["keras"]["mAP"] <= 1
     assert "Accuracy on market1501 (32 queries, 32 gallery images" in exported.stdout
+
+
+def test_the_report_names_the_fastest_passing_artefact_of_each_precision(exported):
+    """`deployment`: per precision class, the highest images/s among the artefacts (not Keras, not a
+    signature, not boxmot's) that kept their parity bound and the accuracy gate: a brute force over the
+    report's rows. The printed line says the same."""
+    from mgn_tf.runtime import cpu_class
+
+    report = exported.report
+    artefact_rows = {"savedmodel/embed", "tflite/fp32", "tflite/fp16", "tflite/int8", "tflite/int8_static",
+                     "onnx", "onnx/int8_static", "openvino/int8_static"}  # fmt: skip
+    failed = {a["name"] for a in report["accuracy"]["artefacts"] if not a["ok"]}
+    deployment = report["deployment"]
+    assert deployment["cpu_class"] == cpu_class()
+    for kind in ("float32", "float16", "int8"):
+        rows = [
+            r for r in report["results"]
+            if r["name"] in artefact_rows and r["ok"] and r["name"] not in failed
+            and (r["precision"].startswith("int8") if kind == "int8" else r["precision"] == kind)
+        ]  # fmt: skip
+        best = max(rows, key=lambda r: r["images_per_s"])
+        assert deployment["fastest"][kind]["name"] == best["name"]
+        assert f"{kind}: {best['name']} (" in exported.stdout
+    assert set(deployment["fastest"]) == {"float32", "float16", "int8"}
+
+
+@pytest.mark.parametrize(
+    "flags, environ, expected",
+    [
+        ({"avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_tile"}, {}, "x86-64 AMX"),
+        ({"avx2", "avx512f", "avx512_vnni"}, {}, "x86-64 AVX-512 VNNI"),
+        ({"avx2", "avx_vnni"}, {}, "x86-64 AVX-VNNI"),
+        ({"avx2", "fma"}, {}, "x86-64 AVX2"),  # the AMD EPYC of docs/results/bench_speed_avx2.md
+        ({"avx2", "avx512f", "amx_int8"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "x86-64 AVX2 (capped)"),
+    ],
+)
+def test_cpu_class(flags, environ, expected):
+    from mgn_tf.runtime import cpu_class
+
+    assert cpu_class(flags, environ) == expected
 
 
 def _first_conv_input_range(mini_market_dir) -> tuple[float, float]:

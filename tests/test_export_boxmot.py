@@ -153,8 +153,9 @@ def test_boxmot_artefacts_describe_their_input(exported, truth, mini_market_dir)
             assert reference["embeddings_opencv"].shape == (8, EMBEDDING_DIM)
     from mgn_tf import inference  # another input contract: refused in one line, not a shape error
 
-    with pytest.raises(ValueError, match="is a boxmot-profile export"):
-        inference.load(exported.out / "mgn_boxmot.onnx")
+    for path in (exported.out / "mgn_boxmot.onnx", exported.out / "mgn_boxmot_openvino_model/mgn_boxmot.xml"):
+        with pytest.raises(ValueError, match="is a boxmot-profile export"):
+            inference.load(path)
 
 
 def _boxmot_python() -> str:

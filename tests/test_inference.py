@@ -31,6 +31,7 @@ ARTEFACTS = {
     "tflite_int8_static": ("mgn_int8_static.tflite", "tflite", "int8 static"),
     "onnx": ("mgn.onnx", "onnx", "float32"),
     "onnx_int8_static": ("mgn_int8_static.onnx", "onnx", "int8 static"),
+    "openvino_int8_static": ("mgn_int8_static.xml", "openvino", "int8 static"),
 }
 
 
@@ -162,6 +163,7 @@ def test_formats_are_detected(exported):
     assert artifacts.detect_format(out / "mgn") == "savedmodel"
     assert artifacts.detect_format(out / "mgn_int8.tflite") == "tflite"
     assert artifacts.detect_format(out / "mgn.onnx") == "onnx"
+    assert artifacts.detect_format(out / "mgn_int8_static.xml") == "openvino"
 
 
 def test_a_gallery_built_from_the_run_accepts_its_float32_exports(exported, query_files, mini_market_dir):

@@ -37,6 +37,7 @@ from mgn_tf.artifacts import (
     EXPORT_FORMATS,
     EXPORT_REPORT,
     ONNX_VARIANTS,
+    OPENVINO_VARIANTS,
     STATIC_VARIANT,
     TFLITE_VARIANTS,
     RunFiles,
@@ -103,6 +104,12 @@ def define_flags() -> list[str]:
         "ONNX variants: fp32 (<model_name>.onnx), int8_static (QDQ, per-channel int8 weights, calibrated on "
         "--calibration_images).",
     )
+    flags.DEFINE_list(
+        "openvino_variants",
+        list(OPENVINO_VARIANTS),
+        "OpenVINO IR variants (--formats openvino): int8_static (<model_name>_int8_static.xml/.bin, NNCF's "
+        "post-training int8 calibrated on --calibration_images; the fast int8 artefact on AVX2-only CPUs).",
+    )
     flags.DEFINE_string(
         "calibration_images",
         None,
@@ -152,7 +159,8 @@ def define_flags() -> list[str]:
 
 # Flags that only the default profile uses: given explicitly with --profile=boxmot alone, they are a mistake.
 _DEFAULT_PROFILE_FLAGS = (
-    "formats", "tflite_variants", "onnx_variants", "calibration_images", "calibration_count",
+    "formats", "tflite_variants", "onnx_variants", "openvino_variants", "calibration_images",
+    "calibration_count",
     "calibration_seed", "accuracy_dataset", "accuracy_data_dir", "accuracy_identities", "max_map_drop",
     "version", "session_loader_check",
 )  # fmt: skip
@@ -178,6 +186,7 @@ def _check_flags() -> None:
         ("formats", FLAGS.formats, EXPORT_FORMATS),
         ("tflite_variants", FLAGS.tflite_variants, tuple(TFLITE_VARIANTS)),
         ("onnx_variants", FLAGS.onnx_variants, tuple(ONNX_VARIANTS)),
+        ("openvino_variants", FLAGS.openvino_variants, tuple(OPENVINO_VARIANTS)),
     ):
         if not values or set(values) - set(allowed):
             raise ConfigError(f"--{name}={','.join(values)}: a comma-separated subset of {','.join(allowed)}")
@@ -200,6 +209,7 @@ def wants_static() -> bool:
     return "default" in FLAGS.profile and (
         ("tflite" in FLAGS.formats and STATIC_VARIANT in FLAGS.tflite_variants)
         or ("onnx" in FLAGS.formats and STATIC_VARIANT in FLAGS.onnx_variants)
+        or ("openvino" in FLAGS.formats and STATIC_VARIANT in FLAGS.openvino_variants)
     )
 
 
@@ -231,7 +241,7 @@ def static_variants_asked() -> bool:
     return any(FLAGS[name].present and STATIC_VARIANT in FLAGS[name].value for name in _VARIANT_FLAGS)
 
 
-_VARIANT_FLAGS = ("tflite_variants", "onnx_variants")
+_VARIANT_FLAGS = ("tflite_variants", "onnx_variants", "openvino_variants")
 
 
 def calibration_for(run: RunFiles, size):
@@ -349,7 +359,8 @@ def main(argv: list[str]) -> int:
         accuracy_split = accuracy_split_for(run)
     except ConfigError as exc:
         return cli.error(exc)
-    tflite_variants, onnx_variants, skipped = list(FLAGS.tflite_variants), list(FLAGS.onnx_variants), {}
+    tflite_variants, onnx_variants = list(FLAGS.tflite_variants), list(FLAGS.onnx_variants)
+    openvino_variants, skipped = list(FLAGS.openvino_variants), {}
     if calibration is not None:
         print(f"Calibrating {STATIC_VARIANT} on {len(calibration.files)} images from {calibration.source}")
     elif wants_static():  # asked for by default only, and nothing to calibrate it on
@@ -361,7 +372,9 @@ def main(argv: list[str]) -> int:
         )
         tflite_variants = [v for v in tflite_variants if v != STATIC_VARIANT]
         onnx_variants = [v for v in onnx_variants if v != STATIC_VARIANT]
-        skipped = {f"{fmt}_{STATIC_VARIANT}": reason for fmt in ("tflite", "onnx") if fmt in FLAGS.formats}
+        openvino_variants = [v for v in openvino_variants if v != STATIC_VARIANT]
+        static_formats = [fmt for fmt in ("tflite", "onnx", "openvino") if fmt in FLAGS.formats]
+        skipped = {f"{fmt}_{STATIC_VARIANT}": reason for fmt in static_formats}
         print(f"Skipping {', '.join(skipped)}: {reason}", flush=True)
     try:
         with locks.hold(FLAGS.out, f"--out={FLAGS.out}"):  # one export writes a folder
@@ -374,6 +387,7 @@ def main(argv: list[str]) -> int:
                 flip_norm=FLAGS.bake_flip_norm,
                 tflite_variants=tflite_variants,
                 onnx_variants=onnx_variants,
+                openvino_variants=openvino_variants,
                 calibration=calibration,
                 skipped=skipped,
                 accuracy_split=accuracy_split,
@@ -407,6 +421,8 @@ def main(argv: list[str]) -> int:
             f"\nAccuracy on {split['dataset']} ({split['num_query']} queries, {split['num_gallery']} gallery "
             f"images; flip-averaged, normalised Euclidean, no re-ranking):\n{accuracy_table}"
         )
+    if report.deployment_line():
+        print(report.deployment_line())
     print(f"Report: {report.out_dir / EXPORT_REPORT}")
     if not report.ok:
         for result in report.results:

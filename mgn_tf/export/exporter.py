@@ -32,6 +32,7 @@ from mgn_tf.artifacts import (
     EXPORT_FORMATS,
     EXPORT_REPORT,
     ONNX_VARIANTS,
+    OPENVINO_VARIANTS,
     OUTPUT_KEY,
     SERVING_SIGNATURE,
     STATIC_VARIANT,
@@ -42,6 +43,7 @@ from mgn_tf.export import accuracy, boxmot, onnx_model, parity, quantize, saved_
 from mgn_tf.files import atomic_write_json
 from mgn_tf.inference import KerasEmbedder, load
 from mgn_tf.model import embedding_model
+from mgn_tf.runtime import cpu_class
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,33 @@ class ExportReport:
     def table(self) -> str:
         return parity.format_table(self.results)
 
+    def deployment(self) -> dict:
+        """What to deploy on CPUs of this one's class: per precision (float32, float16, int8), the
+        fastest artefact here that kept its parity bound and the accuracy gate, at this export's speeds.
+        int8 gains depend on the CPU class (docs/export.md): on AVX2-only CPUs TFLite's int8 runs at
+        its float32 speed while OpenVINO's int8 IR is ~2x float32."""
+        names = {_artefact_name(k): k for k in self.artefacts if not k.startswith(BOXMOT_PREFIX)}
+        failed = {a.name for a in self.accuracy if not a.ok}
+        fastest: dict[str, dict] = {}
+        for r in self.results:
+            if r.name not in names or r.name in failed or not r.ok or not r.images_per_s:
+                continue
+            kind = "int8" if r.precision.startswith("int8") else r.precision
+            if kind not in fastest or r.images_per_s > fastest[kind]["images_per_s"]:
+                path = self.artefacts[names[r.name]]
+                fastest[kind] = {"name": r.name, "path": str(path), "images_per_s": r.images_per_s}
+        return {"cpu_class": cpu_class(), "fastest": fastest}
+
+    def deployment_line(self) -> str | None:
+        picks = self.deployment()["fastest"]
+        if not picks:
+            return None
+        parts = [
+            f"{kind}: {p['name']} ({Path(p['path']).name}, {p['images_per_s']:.1f} img/s)"
+            for kind, p in sorted(picks.items(), key=lambda item: -item[1]["images_per_s"])
+        ]
+        return f"Fastest on this CPU ({cpu_class()}), measured by this export: " + "; ".join(parts)
+
     def accuracy_table(self) -> str | None:
         if self.accuracy_reference is None:
             return None
@@ -97,6 +126,7 @@ class ExportReport:
             "calibration": self.calibration,
             "skipped": self.skipped,
             "boxmot": self.boxmot,
+            "deployment": self.deployment(),
             "accuracy": None
             if self.accuracy_reference is None
             else {
@@ -117,6 +147,7 @@ def export_all(
     flip_norm: bool = False,
     tflite_variants: Sequence[str] = tuple(TFLITE_VARIANTS),
     onnx_variants: Sequence[str] = tuple(ONNX_VARIANTS),
+    openvino_variants: Sequence[str] = tuple(OPENVINO_VARIANTS),
     calibration: quantize.Calibration | None = None,
     accuracy_split: Split | None = None,
     max_map_drop: float = accuracy.DEFAULT_MAX_MAP_DROP,
@@ -159,9 +190,11 @@ def export_all(
     bad_variants = sorted(set(onnx_variants) - set(ONNX_VARIANTS))
     if bad_variants or ("onnx" in formats and not onnx_variants):
         raise ValueError(f"ONNX variants: a non-empty subset of {list(ONNX_VARIANTS)}, got {bad_variants}")
-    wants_static = ("tflite" in formats and STATIC_VARIANT in tflite_variants) or (
-        "onnx" in formats and STATIC_VARIANT in onnx_variants
-    )
+    bad_variants = sorted(set(openvino_variants) - set(OPENVINO_VARIANTS))
+    if bad_variants:
+        raise ValueError(f"unknown OpenVINO variants {bad_variants}; choose from {list(OPENVINO_VARIANTS)}")
+    variants_of = {"tflite": tflite_variants, "onnx": onnx_variants, "openvino": openvino_variants}
+    wants_static = any(STATIC_VARIANT in variants_of[fmt] for fmt in formats)
     if "default" not in profiles:
         formats, accuracy_split, wants_static = (), None, False
     if wants_static and calibration is None:
@@ -205,7 +238,7 @@ def export_all(
     log.info("SavedModel written to %s (%.0f s)", sm_dir, report.seconds["savedmodel"])
     conversion = None
     try:
-        if "onnx" in formats or wants_boxmot:
+        if "onnx" in formats or "openvino" in formats or wants_boxmot:  # the IRs are made from the ONNX
             onnx_dir = out_dir if "onnx" in formats else scratch
             onnx_model.wait_for_memory(onnx_min_free_bytes)
             conversion = onnx_model.start_conversion(sm_dir, onnx_dir / f"{model_name}.onnx", opset, info)
@@ -240,6 +273,14 @@ def export_all(
                 )
                 report.seconds[f"onnx_{STATIC_VARIANT}"] = time.perf_counter() - started
                 log.info("ONNX %s written to %s", STATIC_VARIANT, path)
+            if "openvino" in formats and STATIC_VARIANT in openvino_variants:
+                started = time.perf_counter()
+                path = out_dir / f"{model_name}_{STATIC_VARIANT}.xml"
+                report.artefacts[f"openvino_{STATIC_VARIANT}"] = quantize.quantize_openvino(
+                    fp32_onnx, path, calibration, info
+                )
+                report.seconds[f"openvino_{STATIC_VARIANT}"] = time.perf_counter() - started
+                log.info("OpenVINO %s written to %s", STATIC_VARIANT, path)
             if wants_boxmot:
                 report.boxmot = _export_boxmot(
                     report, fp32_onnx, model_name, info, size, batch, reference, keras_embedder
@@ -266,6 +307,13 @@ def export_all(
                 name = "onnx" if variant == "fp32" else f"onnx/{variant}"
                 report.results.append(
                     _check(name, ONNX_VARIANTS[variant], path, batch, reference, flip_norm, speed_seconds)
+                )
+        for key, path in report.artefacts.items():
+            if key.startswith("openvino_"):
+                variant = key.removeprefix("openvino_")
+                precision = OPENVINO_VARIANTS[variant]
+                report.results.append(
+                    _check(f"openvino/{variant}", precision, path, batch, reference, flip_norm, speed_seconds)
                 )
         for key, path in report.artefacts.items():
             if key.startswith(BOXMOT_PREFIX):

@@ -8,7 +8,11 @@ seeded sample of the run's training images.
 ONNX: onnxruntime's `quantize_static`, QDQ format (QuantizeLinear/DequantizeLinear pairs that the CPU
 provider fuses into int8 kernels), int8 weights per output channel, uint8 activations, min/max
 calibration. TFLite: full-integer conversion (every op int8, float32 input and output at the edges) with
-the calibration images as the representative dataset.
+the calibration images as the representative dataset. OpenVINO: NNCF's post-training quantization of the
+fp32 ONNX graph (FakeQuantize on the inputs of convolutions and matmuls, int8 weights per output channel,
+fast bias correction), saved as an IR (.xml + .bin) whose int8 kernels OpenVINO's CPU plugin runs on
+AVX2 as well as on AVX-512 VNNI / AMX; TFLite's int8 kernels gain nothing on AVX2-only CPUs
+(docs/export.md, "Which artefact on which CPU").
 """
 
 from __future__ import annotations
@@ -130,6 +134,39 @@ def quantize_onnx(
         add_metadata(staged, {EXPORT_INFO_NAME: json.dumps(static_info(info, calibration))})
         staged.replace(out_path)
     return out_path
+
+
+def quantize_openvino(
+    fp32_onnx: str | Path, out_xml: str | Path, calibration: Calibration, info: dict
+) -> Path:
+    """Writes NNCF's static int8 OpenVINO IR of the fp32 ONNX model to `out_xml` (+ its .bin); returns it.
+
+    The export info goes into the IR's rt_info (["mgn_tf", EXPORT_INFO_NAME]), as the boxmot IR carries
+    it. Written to a scratch folder and moved into place .bin first, .xml last: a reader that finds the
+    .xml finds its weights.
+    """
+    import nncf
+    import openvino as ov
+
+    from mgn_tf.artifacts import EXPORT_INFO_NAME
+
+    model = ov.Core().read_model(str(fp32_onnx))
+    pixels = calibration.pixels
+    batches = [pixels[i : i + CALIBRATION_BATCH] for i in range(0, len(pixels), CALIBRATION_BATCH)]
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(batches),
+        preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric int8: what the CPU plugin's kernels take
+        subset_size=len(batches),  # every calibration image (NNCF counts dataset items: batches here)
+    )
+    quantized.set_rt_info(json.dumps(static_info(info, calibration)), ["mgn_tf", EXPORT_INFO_NAME])
+    out_xml = Path(out_xml)
+    with tempfile.TemporaryDirectory(prefix=".mgn_quantize_", dir=out_xml.parent) as scratch:
+        staged = Path(scratch) / out_xml.name
+        ov.save_model(quantized, str(staged), compress_to_fp16=False)
+        staged.with_suffix(".bin").replace(out_xml.with_suffix(".bin"))
+        staged.replace(out_xml)
+    return out_xml
 
 
 def static_info(info: dict, calibration: Calibration) -> dict:

@@ -93,8 +93,10 @@ def export_saved_model(
 
 
 def directory_size(path: str | Path) -> int:
-    """Total bytes of the files under `path` (or of the file itself)."""
+    """Total bytes of the files under `path` (or of the file itself; an OpenVINO .xml with its .bin)."""
     path = Path(path)
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        return path.stat().st_size + path.with_suffix(".bin").stat().st_size
     return (
         path.stat().st_size
         if path.is_file()
