@@ -108,6 +108,13 @@ def main(argv: list[str]) -> int:
         f"on {calibration.get('count')} images: {calibration.get('source')}. The gate fails an artefact "
         f"whose mAP is more than {report['accuracy']['max_map_drop']:g} points below the Keras model's."
     )
+    fastest = (report.get("deployment") or {}).get("fastest") or {}
+    if fastest:  # the export's own pick per precision (ExportReport.deployment), at its parity-batch speeds
+        picks = "; ".join(
+            f"{kind}: {p['name']} ({p['images_per_s']:.1f} img/s)" for kind, p in fastest.items()
+        )
+        cpu = report["deployment"]["cpu_class"]
+        notes += f"\n\nFastest passing artefact per precision on this CPU ({cpu}): {picks}."
     data = {"exit_code": returncode, "report": report}
     path = results.write(args.name, "Static int8 on a trained model", data, table, notes)
     print(f"Wrote {path} and {path.with_suffix('.md')}")

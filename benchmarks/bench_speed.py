@@ -45,6 +45,7 @@ DEFAULT_PK = {"96x32": "8x4", "384x128": "4x4"}
 REFERENCE = "pytorch eager channels_last"
 # Artefacts that are not float32 (their names say so).
 LOWER_PRECISION = ("fp16", "int8")
+FP32_ONNX = "mgn.onnx"  # the export's float32 ONNX file, the onnxruntime figure int8 is compared with
 # Backward costs about twice the forward: a training step is ~3 forward passes of arithmetic.
 TRAIN_FLOP_FACTOR = 3
 START = time.perf_counter()
@@ -239,10 +240,12 @@ def _time_embedder(embedder, task: dict) -> dict:
 
 def _artefact_embedder(path: Path, threads: int):
     """mgn_tf.inference's embedder of `path`, held to `threads` (a SavedModel: TensorFlow's pools)."""
-    from mgn_tf.inference import OnnxEmbedder, TFLiteEmbedder, load
+    from mgn_tf.inference import OnnxEmbedder, OpenVinoEmbedder, TFLiteEmbedder, load
 
     if path.suffix == ".tflite":
         return TFLiteEmbedder(path, num_threads=threads), {"tflite_num_threads": threads}
+    if path.suffix == ".xml":
+        return OpenVinoEmbedder(path, num_threads=threads), {"openvino_inference_num_threads": threads}
     if path.suffix == ".onnx":
         return OnnxEmbedder(path, num_threads=threads), {"ort_intra_op_num_threads": threads}
     return load(path), {}
@@ -400,8 +403,9 @@ def child_main(spec: str) -> None:
 
 
 def find_artefacts(export_dir: Path) -> list[Path]:
-    """Every *.tflite, *.onnx and SavedModel directory under `export_dir`."""
-    files = sorted(p for p in export_dir.rglob("*") if p.suffix in (".tflite", ".onnx") and p.is_file())
+    """Every *.tflite, *.onnx, OpenVINO *.xml and SavedModel directory under `export_dir`."""
+    kinds = (".tflite", ".onnx", ".xml")
+    files = sorted(p for p in export_dir.rglob("*") if p.suffix in kinds and p.is_file())
     saved_models = sorted(p.parent for p in export_dir.rglob("saved_model.pb"))
     return saved_models + files
 
@@ -567,11 +571,36 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def int8_vs_onnxruntime_fp32(record: dict) -> list[dict]:
+    """Every int8 artefact's images/s over PyTorch channels_last's and over the fp32 .onnx file's run by
+    onnxruntime (mgn_tf.inference's OnnxEmbedder), at the same size."""
+    rows = [r for r in record["inference"] if "images_per_second" in r]
+    out = []
+    for row in rows:
+        if "int8" not in row["runtime"]:
+            continue
+        fp32 = [r for r in rows if r["size"] == row["size"] and r["runtime"].endswith(f" {FP32_ONNX}")]
+        out.append({
+            "runtime": row["runtime"], "size": row["size"], "vs_pytorch": row.get("vs_reference"),
+            "vs_onnxruntime_fp32": row["images_per_second"] / fp32[0]["images_per_second"] if fp32 else None,
+        })  # fmt: skip
+    return out
+
+
 def isa_notes(part: dict) -> list[str]:
-    return [
-        f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})."
-        for size, v in part["run_dir_vs_best_fp32"].items()
-    ] + part["notes"]
+    int8 = [
+        f"{r['runtime']} ({r['size']}): {_ratio(r['vs_pytorch'])} x PyTorch channels_last, "
+        f"{_ratio(r['vs_onnxruntime_fp32'])} x onnxruntime float32 ({FP32_ONNX})"
+        for r in part.get("int8_vs_onnxruntime_fp32", [])
+    ]
+    return (
+        [
+            f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})."
+            for size, v in part["run_dir_vs_best_fp32"].items()
+        ]
+        + (["int8: " + "; ".join(int8) + "."] if int8 else [])
+        + part["notes"]
+    )
 
 
 def notes(record: dict, args) -> str:
@@ -667,7 +696,7 @@ def bench_versions() -> dict:
     from importlib import metadata
 
     versions = {}
-    for name in ("torch", "openvino", "ai-edge-litert"):
+    for name in ("torch", "openvino", "nncf", "ai-edge-litert"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -705,6 +734,7 @@ def main(argv: list[str]) -> None:
             measure_training(args, part)
         add_ratios(part)
         part["run_dir_vs_best_fp32"] = run_dir_vs_best_fp32(part)
+        part["int8_vs_onnxruntime_fp32"] = int8_vs_onnxruntime_fp32(part)
         record["isa"][isa] = part
     record["total_seconds"] = round(time.perf_counter() - START, 1)
     sections = []

@@ -194,7 +194,7 @@ def export_all(
     if bad_variants:
         raise ValueError(f"unknown OpenVINO variants {bad_variants}; choose from {list(OPENVINO_VARIANTS)}")
     variants_of = {"tflite": tflite_variants, "onnx": onnx_variants, "openvino": openvino_variants}
-    wants_static = any(STATIC_VARIANT in variants_of[fmt] for fmt in formats)
+    wants_static = any(STATIC_VARIANT in variants_of.get(fmt, ()) for fmt in formats)
     if "default" not in profiles:
         formats, accuracy_split, wants_static = (), None, False
     if wants_static and calibration is None:
