@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="Do not export: tabulate the export_report.json already in --out.",
     )
+    parser.add_argument("--note", default="", help="A sentence added to the notes (e.g. what else ran).")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     command = [
@@ -115,6 +116,8 @@ def main(argv: list[str]) -> int:
         )
         cpu = report["deployment"]["cpu_class"]
         notes += f"\n\nFastest passing artefact per precision on this CPU ({cpu}): {picks}."
+    if args.note:
+        notes += f"\n\n{args.note}"
     data = {"exit_code": returncode, "report": report}
     path = results.write(args.name, "Static int8 on a trained model", data, table, notes)
     print(f"Wrote {path} and {path.with_suffix('.md')}")

@@ -81,7 +81,7 @@ def run_child(task: dict, args) -> dict:
 
     task = {**task, "threads": args.threads, "inter_op": args.inter_op}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(task)]
-    env = isa_environment(args.current_isa, child_env(args.threads, args.inter_op))
+    env = {**isa_environment(args.current_isa, child_env(args.threads, args.inter_op)), **task.get("env", {})}
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -325,9 +325,11 @@ def task_tf_train(task: dict) -> dict:
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
     timer = StepTimer(task["warmup"], task["steps"], task["seconds"], keras.callbacks.Callback)
     trainer.fit(dataset, epochs=1, steps_per_epoch=10**6, verbose=0, callbacks=[timer.callback])
+    from mgn_tf.runtime import onednn_active
+
     return {
         **step_times(timer.durations), "size": task["size"],
-        "xla": config.xla, "mixed_precision": config.mixed_precision,
+        "xla": config.xla, "mixed_precision": config.mixed_precision, "onednn": onednn_active(),
     }  # fmt: skip
 
 
@@ -485,6 +487,9 @@ def measure_training(args, record: dict) -> None:
         ]
         if args.xla:
             variants.append(("mgn_tf --xla", {"kind": "tf_train", "xla": True}))
+        if args.onednn_off_row:  # TensorFlow's own default on CPUs without AVX-512 VNNI / AMX
+            off = {"kind": "tf_train", "xla": False, "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+            variants.append(("mgn_tf, oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)", off))
         for runtime, task in variants:
             progress(f"training {runtime} {name} P x K = {p}x{k}")
             result = run_child({**task, **common}, args)
@@ -627,7 +632,9 @@ def notes(record: dict, args) -> str:
         "includes each runtime's host-side work from an NHWC float32 array. value: over all timed calls; "
         "median: of the median call (per-call times in the JSON: other processes on the machine show there).",
         f"Training: {args.train_warmup} warm-up steps, then at least {args.train_steps} steps and "
-        f"{args.seconds} s; mgn_tf through engine.train's trainer construction and Keras fit.",
+        f"{args.seconds} s; mgn_tf through engine.train's trainer construction and Keras fit, with "
+        "TensorFlow's oneDNN kernels on (import mgn_tf's default on x86-64); 'oneDNN off' is TensorFlow's "
+        "own default on CPUs without AVX-512 VNNI / AMX.",
         *record["notes"],
     ]
     return "\n\n".join(parts)
@@ -654,6 +661,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip_training", action="store_true")
     parser.add_argument("--skip_inference", action="store_true")
     parser.add_argument("--noxla", dest="xla", action="store_false", help="Skip the mgn_tf --xla variant.")
+    parser.add_argument(
+        "--noonednn_off", dest="onednn_off_row", action="store_false",
+        help="Skip the training row with TensorFlow's oneDNN kernels off (its default on CPUs without "
+        "AVX-512 VNNI / AMX, which import mgn_tf overrides).",
+    )  # fmt: skip
     parser.add_argument("--train_warmup", type=int, default=3)
     parser.add_argument("--train_steps", type=int, default=5, help="Minimum timed training steps.")
     parser.add_argument("--num_classes", type=int, default=751)

@@ -265,22 +265,17 @@ def export_all(
                 conversion.seconds,
                 conversion.peak_rss_bytes / 1e9,
             )
-            if "onnx" in formats and STATIC_VARIANT in onnx_variants:
-                started = time.perf_counter()
-                path = out_dir / f"{model_name}_{STATIC_VARIANT}.onnx"
-                report.artefacts[f"onnx_{STATIC_VARIANT}"] = quantize.quantize_onnx(
-                    fp32_onnx, path, calibration, info
-                )
-                report.seconds[f"onnx_{STATIC_VARIANT}"] = time.perf_counter() - started
-                log.info("ONNX %s written to %s", STATIC_VARIANT, path)
-            if "openvino" in formats and STATIC_VARIANT in openvino_variants:
-                started = time.perf_counter()
-                path = out_dir / f"{model_name}_{STATIC_VARIANT}.xml"
-                report.artefacts[f"openvino_{STATIC_VARIANT}"] = quantize.quantize_openvino(
-                    fp32_onnx, path, calibration, info
-                )
-                report.seconds[f"openvino_{STATIC_VARIANT}"] = time.perf_counter() - started
-                log.info("OpenVINO %s written to %s", STATIC_VARIANT, path)
+            # Static int8 from the fp32 ONNX: onnxruntime's QDQ file and NNCF's OpenVINO IR.
+            for fmt, variants, suffix, quantizer in (
+                ("onnx", onnx_variants, ".onnx", quantize.quantize_onnx),
+                ("openvino", openvino_variants, ".xml", quantize.quantize_openvino),
+            ):
+                if fmt in formats and STATIC_VARIANT in variants:
+                    key, started = f"{fmt}_{STATIC_VARIANT}", time.perf_counter()
+                    path = out_dir / f"{model_name}_{STATIC_VARIANT}{suffix}"
+                    report.artefacts[key] = quantizer(fp32_onnx, path, calibration, info)
+                    report.seconds[key] = time.perf_counter() - started
+                    log.info("%s written to %s", key, path)
             if wants_boxmot:
                 report.boxmot = _export_boxmot(
                     report, fp32_onnx, model_name, info, size, batch, reference, keras_embedder
@@ -294,26 +289,13 @@ def export_all(
             report.results += _check_saved_model(
                 sm_dir, batch, reference, flip_norm, session_loader_check, speed_seconds
             )
+        precisions = {"tflite": TFLITE_VARIANTS, "onnx": ONNX_VARIANTS, "openvino": OPENVINO_VARIANTS}
         for key, path in report.artefacts.items():
-            if key.startswith("tflite_"):
-                variant = key.removeprefix("tflite_")
-                precision = TFLITE_VARIANTS[variant]
+            fmt, _, variant = key.partition("_")  # "onnx" alone is <model_name>.onnx, the fp32 variant
+            if fmt in precisions:
+                precision = precisions[fmt][variant or "fp32"]
                 report.results.append(
-                    _check(f"tflite/{variant}", precision, path, batch, reference, flip_norm, speed_seconds)
-                )
-        for key, path in report.artefacts.items():
-            if key == "onnx" or key.startswith("onnx_"):
-                variant = key.removeprefix("onnx").removeprefix("_") or "fp32"
-                name = "onnx" if variant == "fp32" else f"onnx/{variant}"
-                report.results.append(
-                    _check(name, ONNX_VARIANTS[variant], path, batch, reference, flip_norm, speed_seconds)
-                )
-        for key, path in report.artefacts.items():
-            if key.startswith("openvino_"):
-                variant = key.removeprefix("openvino_")
-                precision = OPENVINO_VARIANTS[variant]
-                report.results.append(
-                    _check(f"openvino/{variant}", precision, path, batch, reference, flip_norm, speed_seconds)
+                    _check(_artefact_name(key), precision, path, batch, reference, flip_norm, speed_seconds)
                 )
         for key, path in report.artefacts.items():
             if key.startswith(BOXMOT_PREFIX):
