@@ -421,8 +421,9 @@ def main(argv: list[str]) -> int:
             f"\nAccuracy on {split['dataset']} ({split['num_query']} queries, {split['num_gallery']} gallery "
             f"images; flip-averaged, normalised Euclidean, no re-ranking):\n{accuracy_table}"
         )
-    if report.deployment_line():
-        print(report.deployment_line())
+    deployment_line = report.deployment_line()
+    if deployment_line:
+        print(deployment_line)
     print(f"Report: {report.out_dir / EXPORT_REPORT}")
     if not report.ok:
         for result in report.results:

@@ -85,8 +85,8 @@ class ExportReport:
     def deployment(self) -> dict:
         """What to deploy on CPUs of this one's class: per precision (float32, float16, int8), the
         fastest artefact here that kept its parity bound and the accuracy gate, at this export's speeds.
-        int8 gains depend on the CPU class (docs/export.md): on AVX2-only CPUs TFLite's int8 runs at
-        its float32 speed while OpenVINO's int8 IR is ~2x float32."""
+        int8 gains depend on the CPU class (docs/export.md): without VNNI, TFLite's int8 kernels are
+        barely faster than its float32 ones while onnxruntime's and OpenVINO's int8 kernels are."""
         names = {_artefact_name(k): k for k in self.artefacts if not k.startswith(BOXMOT_PREFIX)}
         failed = {a.name for a in self.accuracy if not a.ok}
         fastest: dict[str, dict] = {}
@@ -100,14 +100,15 @@ class ExportReport:
         return {"cpu_class": cpu_class(), "fastest": fastest}
 
     def deployment_line(self) -> str | None:
-        picks = self.deployment()["fastest"]
+        deployment = self.deployment()
+        picks = deployment["fastest"]
         if not picks:
             return None
         parts = [
             f"{kind}: {p['name']} ({Path(p['path']).name}, {p['images_per_s']:.1f} img/s)"
             for kind, p in sorted(picks.items(), key=lambda item: -item[1]["images_per_s"])
         ]
-        return f"Fastest on this CPU ({cpu_class()}), measured by this export: " + "; ".join(parts)
+        return f"Fastest on this CPU ({deployment['cpu_class']}), measured by this export: " + "; ".join(parts)
 
     def accuracy_table(self) -> str | None:
         if self.accuracy_reference is None:

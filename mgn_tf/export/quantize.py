@@ -11,8 +11,8 @@ calibration. TFLite: full-integer conversion (every op int8, float32 input and o
 the calibration images as the representative dataset. OpenVINO: NNCF's post-training quantization of the
 fp32 ONNX graph (FakeQuantize on the inputs of convolutions and matmuls, int8 weights per output channel,
 fast bias correction), saved as an IR (.xml + .bin) whose int8 kernels OpenVINO's CPU plugin runs on
-AVX2 as well as on AVX-512 VNNI / AMX; TFLite's int8 kernels gain nothing on AVX2-only CPUs
-(docs/export.md, "Which artefact on which CPU").
+AVX2 as well as on AVX-512 VNNI / AMX; without VNNI, TFLite's int8 kernels are barely faster than its
+float32 ones (docs/export.md, "Which artefact on which CPU").
 """
 
 from __future__ import annotations
