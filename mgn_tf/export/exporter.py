@@ -108,7 +108,8 @@ class ExportReport:
             f"{kind}: {p['name']} ({Path(p['path']).name}, {p['images_per_s']:.1f} img/s)"
             for kind, p in sorted(picks.items(), key=lambda item: -item[1]["images_per_s"])
         ]
-        return f"Fastest on this CPU ({deployment['cpu_class']}), measured by this export: " + "; ".join(parts)
+        where = f"Fastest on this CPU ({deployment['cpu_class']}), measured by this export: "
+        return where + "; ".join(parts)
 
     def accuracy_table(self) -> str | None:
         if self.accuracy_reference is None:
