@@ -16,16 +16,17 @@ Runtimes (`runtime=`): "native" runs each format with its own runtime (TensorFlo
 SavedModels, LiteRT for .tflite, onnxruntime for .onnx). "openvino" runs Keras weights (converted in
 memory from the model's graph, in float32) or an .onnx file with OpenVINO. "auto" (default) is "native",
 except that a Keras model or an .onnx file embedding a large job (at least `LARGE_JOB_RUNS` runs, see
-`KerasEmbedder`) runs it on the fastest float32 runtime *measured on this machine*: TensorFlow's frozen
-graph or OpenVINO for Keras weights, onnxruntime or OpenVINO for an .onnx file. No runtime is fastest
-everywhere (OpenVINO leads on AVX-512/AMX Xeons and trails TensorFlow on AVX2 EPYCs), so `choose_runtime`
-times each candidate on seeded synthetic images at the job's input size and batch size, drops one whose
-embeddings leave the float32 parity bounds of `mgn_tf.export.parity` (reason printed), and caches the
-choice per machine and job in `runtime_cache_file()` ($MGN_TF_CACHE_DIR, else
+`KerasEmbedder`) runs it on the fastest float32 runtime *measured on this machine*: for Keras weights
+TensorFlow's frozen graph, OpenVINO or (a run opened with `load`) LiteRT on a TFLite conversion cached
+per weights (`litert_conversion`); for an .onnx file onnxruntime or OpenVINO. No runtime is fastest
+everywhere (OpenVINO leads on AVX-512/AMX Xeons, LiteRT's XNNPACK and onnxruntime on AVX2 EPYCs), so
+`choose_runtime` times each candidate on seeded synthetic images at the job's input size and batch size,
+drops one whose embeddings leave the float32 parity bounds of `mgn_tf.export.parity` (reason printed),
+and caches the choice per machine and job in `runtime_cache_file()` ($MGN_TF_CACHE_DIR, else
 $XDG_CACHE_HOME/mgn_tf, else ~/.cache/mgn_tf: runtime_choice.json), keyed by `runtime_key` (CPU model
-and flags, ISA caps in the environment, library versions, format, input size, batch size, threads). The
-embedder's `engine` and `runtime_choice` say what runs and why; one line "Loaded ... on ..., fastest of
-..." says it when the choice is made.
+and flags, ISA caps in the environment, library versions, format, input size, batch size, threads) and
+the candidates. The embedder's `engine` and `runtime_choice` say what runs and why; one line "Loaded ...
+on ..., fastest of ..." says it when the choice is made.
 """
 
 from __future__ import annotations
@@ -263,11 +264,13 @@ RUNTIME_CACHE_NAME = "runtime_choice.json"
 # Environment variables that change which kernels run (the ISA caps of `mgn_tf.runtime.isa_environment`,
 # oneDNN on or off in TensorFlow), so a choice measured under other values does not hold.
 SPEED_ENVIRONMENT = ("XLA_FLAGS", "ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")
-KEY_LIBRARIES = ("tensorflow", "openvino", "onnxruntime")
+KEY_LIBRARIES = ("tensorflow", "openvino", "onnxruntime", "ai_edge_litert")
 MEASURE_SECONDS = 1.0  # timing per candidate after its warm-up call...
 MEASURE_MIN_CALLS = 2  # ...but at least this many timed calls (one call of a large batch can take seconds)
 MEASURE_MAX_CALLS = 10  # ...and at most this many (a small model would otherwise run hundreds)
 MEASURE_SEED = 0
+LITERT_FOLDER = "litert"  # runtime auto's TFLite conversions of run weights, beside runtime_choice.json...
+LITERT_KEEP = 4  # ...the most recently used this many (one is ~270 MB at 384x128)
 
 
 def runtime_cache_file() -> Path:
@@ -482,6 +485,7 @@ def choose_runtime(path: Path, key: dict, candidates: dict[str, Callable[[], Run
     parity reference) for the job `key` describes (`runtime_key`), from the cache when it holds a choice
     for that key, else measured on synthetic images and cached. Says the choice in one line."""
     cache = runtime_cache_file()
+    key = {**key, "candidates": list(candidates)}  # a choice among other runtimes does not hold
     entry = read_runtime_cache(cache).get(key_id(key))
     if isinstance(entry, dict) and entry.get("key") == key and entry.get("chosen") in candidates:
         report = {**entry, "cached": True}
@@ -496,6 +500,59 @@ def choose_runtime(path: Path, key: dict, candidates: dict[str, Callable[[], Run
 
 
 # ----------------------------------------------------------------------------------------------- keras
+
+
+def weights_digest(model) -> str:
+    """A digest of `model`'s weights (names, shapes, dtypes, values), its input shape and the TensorFlow
+    version: what a conversion of the model depends on."""
+    import tensorflow as tf
+
+    digest = hashlib.sha256(f"{tf.__version__} {model.input_shape}".encode())
+    for variable in model.weights:
+        value = np.ascontiguousarray(variable.numpy())
+        digest.update(f"{variable.path} {value.shape} {value.dtype}".encode())
+        digest.update(value.data)
+    return digest.hexdigest()[:16]
+
+
+def litert_conversion(model) -> Path:
+    """The TFLite float32 conversion of the embedding model `model`, for runtime auto: made the export's
+    way (a SavedModel, then `mgn_tf.export.tflite_model.convert`; tens of seconds and a few GB at 384x128,
+    said in a line) once per weights and input size, and kept in the folder `litert/` beside
+    runtime_choice.json as mgn_fp32_<H>x<W>_<weights_digest>.tflite. The `LITERT_KEEP` most recently used
+    are kept; an older one removed is said. Written atomically: two processes converting the same weights
+    write the same file."""
+    from mgn_tf.export.saved_model import export_saved_model
+    from mgn_tf.export.tflite_model import convert
+    from mgn_tf.files import atomic_write_bytes
+
+    folder = runtime_cache_file().parent / LITERT_FOLDER
+    height, width = (int(d) for d in model.input_shape[1:3])
+    path = folder / f"mgn_fp32_{height}x{width}_{weights_digest(model)}.tflite"
+    if path.is_file():
+        os.utime(path)  # used now: the last to be removed
+        return path
+    print(f"Converting the weights to TFLite float32 for runtime auto, once for these weights: {path}")
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".saved_model_") as scratch:  # not a small /tmp
+        flatbuffer = convert(export_saved_model(model, scratch), "fp32")
+    atomic_write_bytes(path, flatbuffer)
+    print(f"Converted in {time.perf_counter() - started:.0f} s", flush=True)
+    older = sorted(folder.glob("mgn_fp32_*.tflite"), key=_mtime, reverse=True)[LITERT_KEEP:]
+    for stale in older:
+        stale.unlink(missing_ok=True)  # another process may have removed it first
+        print(f"Removed {stale} (runtime auto keeps the {LITERT_KEEP} most recently used conversions)")
+    return path
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed by another process since the listing
+        return 0.0
 
 
 class WeightsError(ValueError):
@@ -551,10 +608,16 @@ class KerasEmbedder(Embedder):
     changed later (build a new one). `frozen=False` always runs on the variables, exactly as Keras does
     (the export's parity reference); `frozen=True` freezes at once.
 
-    `runtime`: "auto" freezes with the faster of TensorFlow and OpenVINO on this machine at the batch
-    size `embed` is called with (`choose_runtime`: measured, or read from the cache), so a freeze that
-    is due before that size is known (`expect`, `frozen=True`) happens at the next `embed` call; "native"
-    always with TensorFlow; "openvino" with OpenVINO, at once. `engine` says what runs the model now.
+    `runtime`: "auto" freezes with the fastest of TensorFlow and OpenVINO (and LiteRT with `litert`) on this
+    machine at the batch size `embed` is called with (`choose_runtime`: measured, or read from the
+    cache), so a freeze that is due before that size is known (`expect`, `frozen=True`) happens at the
+    next `embed` call; "native" always with TensorFlow; "openvino" with OpenVINO, at once. `engine` says
+    what runs the model now.
+
+    `litert`: runtime auto also considers LiteRT (XNNPACK, the fastest float32 runtime on AVX2 CPUs) on a
+    TFLite conversion of the weights, which costs tens of seconds the first time and is then cached
+    (`litert_conversion`). `load` sets it: a run's weights are embedded again and again (evaluate,
+    search). Training's evaluations do not: their weights change every time.
     """
 
     format = "keras"
@@ -562,7 +625,13 @@ class KerasEmbedder(Embedder):
     PENDING_ENGINE = "the fastest float32 runtime (measured at the next embed call)"
 
     def __init__(
-        self, model, path: Path, flip_norm: bool = False, frozen: bool | None = None, runtime: str = "auto"
+        self,
+        model,
+        path: Path,
+        flip_norm: bool = False,
+        frozen: bool | None = None,
+        runtime: str = "auto",
+        litert: bool = False,
     ):
         import tensorflow as tf
 
@@ -573,7 +642,7 @@ class KerasEmbedder(Embedder):
             raise RuntimeChoiceError("OpenVINO runs a frozen snapshot of the weights, not frozen=False")
         super().__init__(path, model.input_shape[1:3], False, flip_norm)
         self.model = embedding_model(model) if isinstance(model.output, dict) else model
-        self.runtime = runtime
+        self.runtime, self.litert = runtime, litert
         self._freeze_allowed = frozen is not False
         spec = tf.TensorSpec([None, *self.input_size, 3], tf.float32)
         self._function = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
@@ -594,6 +663,8 @@ class KerasEmbedder(Embedder):
             candidates = {"tensorflow frozen": self._tensorflow_frozen}
             if openvino_available():
                 candidates["openvino"] = self._openvino
+            if self.litert:
+                candidates["litert"] = self._litert
             key = runtime_key(self.format, self.input_size, batch_size, self._threads())
             choice = choose_runtime(self.path, key, candidates)
             self._fn, self.engine, self.runtime_choice = choice.run, choice.engine, choice.report
@@ -617,9 +688,12 @@ class KerasEmbedder(Embedder):
 
         return openvino_function(ov.convert_model(self._function.get_concrete_function()))
 
+    def _litert(self) -> RunFunction:
+        return TFLiteEmbedder(litert_conversion(self.model), num_threads=self._threads())._run
+
     @staticmethod
     def _threads() -> int:
-        """The threads both candidates get: TensorFlow's intra-op setting (`openvino_function` follows it),
+        """The threads every candidate gets: TensorFlow's intra-op setting (`openvino_function` follows it),
         else every core."""
         import tensorflow as tf
 
@@ -838,7 +912,7 @@ def load(
         )
     if fmt == "keras":
         model, _ = load_training_model(path, input_size)
-        embedder: Embedder = KerasEmbedder(model, path, flip_norm, runtime=runtime)
+        embedder: Embedder = KerasEmbedder(model, path, flip_norm, runtime=runtime, litert=True)
     elif fmt == "savedmodel":
         embedder = SavedModelEmbedder(find_saved_model(path), flip_norm)
     elif fmt == "tflite":

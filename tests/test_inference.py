@@ -7,6 +7,7 @@ exported with flip-averaging and L2 normalisation baked in, and its run director
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -224,6 +225,7 @@ def test_keras_embedder_freezes_for_large_jobs_and_still_embeds_like_keras(
         return
     choice = embedder.runtime_choice
     speeds = choice["candidates"]
+    # No LiteRT: a model handed over in memory (training's evaluations) is not converted, only `load`s are.
     assert set(speeds) == {"tensorflow frozen", "openvino"} and not choice["excluded"]
     assert embedder.engine == choice["chosen"] == max(speeds, key=speeds.get) and not choice["cached"]
     assert choice["key"]["batch_size"] == len(pixels) and choice["key"]["input_size"] == list(INPUT_SIZE)
@@ -269,6 +271,63 @@ def test_onnx_auto_runtime_is_measured_once_per_machine(
     other_machine = large_job()
     assert not other_machine.runtime_choice["cached"] and len(saved_choices(runtime_cache)) == 2
     assert other_machine.runtime_choice["key"]["cpu_flags"] == "sse2"
+
+
+def test_a_run_may_run_on_its_tflite_conversion_made_once_per_weights(
+    exported, truth, query_files, runtime_cache, monkeypatch, capsys
+):
+    """runtime auto for a run opened with `load` also measures LiteRT on a TFLite float32 conversion of its
+    weights (the fastest float32 runtime on AVX2 CPUs), converted once and kept beside the choice cache:
+    a later job on LiteRT reuses the file (not converted again) and embeds within the float32 bounds of
+    Keras; the least recently used conversions beyond LITERT_KEEP are removed, each said in a line."""
+    pixels = load_images(query_files, INPUT_SIZE)
+    expected = truth(pixels)
+    folder = runtime_cache.parent / inference.LITERT_FOLDER
+    folder.mkdir(parents=True)
+    for age, name in enumerate(["mgn_fp32_1x1_old.tflite", "mgn_fp32_1x1_older.tflite"]):
+        (folder / name).write_bytes(b"another model's conversion")
+        os.utime(folder / name, (1e9 - age, 1e9 - age))
+    monkeypatch.setattr(inference, "LITERT_KEEP", 2)
+
+    def large_job() -> inference.Embedder:
+        embedder = inference.load(exported.run_dir)
+        embedder.FREEZE_MIN_IMAGES = len(query_files)
+        assert_close(embedder.embed(pixels), expected)
+        assert embedder.engine == embedder.runtime_choice["chosen"]
+        return embedder
+
+    measured = large_job()
+    assert set(measured.runtime_choice["candidates"]) | set(measured.runtime_choice["excluded"]) == {
+        "tensorflow frozen", "openvino", "litert"
+    }  # fmt: skip
+    assert not measured.runtime_choice["excluded"]  # LiteRT within the float32 bounds of TensorFlow
+    out = capsys.readouterr().out
+    (converted,) = folder.glob(f"mgn_fp32_{INPUT_SIZE[0]}x{INPUT_SIZE[1]}_*.tflite")
+    assert (
+        f"Converting the weights to TFLite float32 for runtime auto, once for these weights: {converted}\n"
+        in out
+    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted([converted.name, "mgn_fp32_1x1_old.tflite"])
+    assert f"Removed {folder / 'mgn_fp32_1x1_older.tflite'} (runtime auto keeps the 2 most recently" in out
+    (entry_id, entry) = saved_choices(runtime_cache).popitem()
+    runtime_cache.write_text(json.dumps({"choices": {entry_id: {**entry, "chosen": "litert"}}}))
+    inode = converted.stat().st_ino
+    on_litert = large_job()  # the cached choice: LiteRT, on the conversion made above
+    assert (on_litert.engine, on_litert.runtime_choice["cached"]) == ("litert", True)
+    assert "Converting" not in capsys.readouterr().out and converted.stat().st_ino == inode
+
+
+def test_the_conversion_digest_changes_with_any_weight():
+    """`weights_digest`, which names a run's cached conversion: equal for a copy of the same weights,
+    different after one value changes by one float32 step."""
+    model = keras.Sequential([keras.Input((4, 2, 3)), keras.layers.Conv2D(2, 1), keras.layers.Flatten()])
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    assert inference.weights_digest(copy) == inference.weights_digest(model)
+    kernel, bias = copy.get_weights()
+    kernel.flat[3] = np.nextafter(kernel.flat[3], np.float32(np.inf))
+    copy.set_weights([kernel, bias])
+    assert inference.weights_digest(copy) != inference.weights_digest(model)
 
 
 def test_a_runtime_outside_the_float32_bounds_or_failing_to_build_is_excluded(runtime_cache, capsys):
