@@ -29,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -222,10 +223,15 @@ def task_keras_infer(task: dict) -> dict:
 
     size = parse_size(task["size"])
     model = distinct_fresh_model(task["num_classes"], size, seed=0)
+    run_dir = task.get("run_dir", False)  # inference.load's embedder of a run: LiteRT is a candidate
     embedder = KerasEmbedder(
-        model, Path("<keras>"), frozen=task["frozen"], runtime=task.get("runtime", "auto")
+        model, Path("<keras>"), frozen=task["frozen"], runtime=task.get("runtime", "auto"), litert=run_dir
     )
-    return {**_time_embedder(embedder, task), "engine": embedder.engine}
+    result = {**_time_embedder(embedder, task), "engine": embedder.engine}
+    if embedder.runtime_choice:
+        choice = embedder.runtime_choice
+        result["runtime_choice"] = {k: choice[k] for k in ("candidates", "excluded", "cached")}
+    return result
 
 
 def _time_embedder(embedder, task: dict) -> dict:
@@ -540,6 +546,7 @@ def run_dir_vs_best_fp32(record: dict) -> dict:
             out[size] = {
                 "run_dir": run_dir[0]["runtime"], "best_fp32": best["runtime"],
                 "ratio": run_dir[0]["images_per_second"] / best["images_per_second"],
+                "measured_choice": run_dir[0].get("runtime_choice", {}).get("candidates"),
             }  # fmt: skip
     return out
 
@@ -592,6 +599,10 @@ def int8_vs_onnxruntime_fp32(record: dict) -> list[dict]:
     return out
 
 
+def _speeds(candidates: dict) -> str:
+    return ", ".join(f"{name} {speed:.1f} img/s" for name, speed in candidates.items() if speed)
+
+
 def isa_notes(part: dict) -> list[str]:
     int8 = [
         f"{r['runtime']} ({r['size']}): {_ratio(r['vs_pytorch'])} x PyTorch channels_last, "
@@ -600,7 +611,12 @@ def isa_notes(part: dict) -> list[str]:
     ]
     return (
         [
-            f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})."
+            f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})"
+            + (
+                f"; runtime auto measured {_speeds(v['measured_choice'])} at its first call."
+                if v["measured_choice"]
+                else "."
+            )
             for size, v in part["run_dir_vs_best_fp32"].items()
         ]
         + (["int8: " + "; ".join(int8) + "."] if int8 else [])
@@ -732,6 +748,10 @@ def main(argv: list[str]) -> None:
         "batch": args.batch, "sizes": args.sizes, "isa": {}, "notes": [],
         "child_env": {k: v for k, v in child_env(args.threads, args.inter_op).items() if "THREADS" in k},
     }  # fmt: skip
+    # runtime auto's choice (the run directory rows) measured in this run, not read from ~/.cache/mgn_tf;
+    # the children inherit it, the LiteRT conversion made for the first size serves its later rows.
+    cache = tempfile.TemporaryDirectory(prefix="mgn_bench_speed_cache_")
+    os.environ["MGN_TF_CACHE_DIR"] = cache.name
     export_dir = None
     if not args.skip_inference:
         export_dir = args.export_dir or export_for_benchmark(args, record)
@@ -759,6 +779,7 @@ def main(argv: list[str]) -> None:
     path = results.write(args.name, "Speed: mgn_tf and its artefacts against PyTorch and the fp32 ceiling",
         record, text, notes(record, args))  # fmt: skip
     progress(f"results: {path} ({record['total_seconds']:.0f} s)")
+    cache.cleanup()
 
 
 if __name__ == "__main__":

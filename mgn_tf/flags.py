@@ -286,8 +286,9 @@ def define_runtime_flag() -> list[str]:
         "openvino: OpenVINO in float32, for a run's weights (converted in memory) or an .onnx file "
         "(a dependency of mgn_tf). auto: native, except that a run or an .onnx file embedding a large job "
         "runs on the fastest float32 runtime measured on this machine at the job's batch size (TensorFlow "
-        "frozen or OpenVINO; onnxruntime or OpenVINO), a choice cached per machine in "
-        "$MGN_TF_CACHE_DIR, else $XDG_CACHE_HOME/mgn_tf, else ~/.cache/mgn_tf (runtime_choice.json).",
+        "frozen, OpenVINO or LiteRT on a TFLite conversion of the weights made once; onnxruntime or "
+        "OpenVINO), a choice cached per machine in $MGN_TF_CACHE_DIR, else $XDG_CACHE_HOME/mgn_tf, else "
+        "~/.cache/mgn_tf (runtime_choice.json; the conversions in litert/ beside it).",
     )
     return ["runtime"]
 
