@@ -645,8 +645,12 @@ def isa_notes(part: dict) -> list[str]:
     ]
     return (
         [
-            f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']}), "
-            f"fastest of {v['rounds']} rounds each, taken in turn ({_rounds(part, size)})"
+            f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})"
+            + (
+                f", fastest of {v['rounds']} rounds each, taken in turn ({_rounds(part, size)})"
+                if v["rounds"] > 1
+                else ": the run directory is the fastest float32 row"
+            )
             + (
                 f"; runtime auto measured {_speeds(v['measured_choice'])} at its first call."
                 if v["measured_choice"]
