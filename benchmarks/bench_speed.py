@@ -485,10 +485,12 @@ def repeat_run_dir_and_best(args, record: dict) -> None:
     measured once, minutes apart, compare that drift. Each row's `repeats` keeps the images/s of each
     round; `run_dir_vs_best_fp32` compares the fastest round of each."""
     for size, pair in run_dir_vs_best_fp32(record).items():
+        if pair["run_dir"] == pair["best_fp32"]:  # nothing to compare
+            continue
         rows = [row for row in record["inference"] if row["runtime"] in (pair["run_dir"], pair["best_fp32"])]
         rows = [row for row in rows if row.get("size") == size and "task" in row]
         for round_ in range(args.repeats):
-            for row in rows if pair["run_dir"] != pair["best_fp32"] else []:
+            for row in rows:
                 progress(f"inference {row['runtime']} {size}, again ({round_ + 1} of {args.repeats})")
                 result = run_child(row["task"], args)
                 row.setdefault("repeats", []).append(result.get("images_per_second"))

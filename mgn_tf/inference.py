@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -532,11 +533,12 @@ def litert_conversion(model) -> Path:
     if path.is_file():
         os.utime(path)  # used now: the last to be removed
         return path
-    print(f"Converting the weights to TFLite float32 for runtime auto, once for these weights: {path}")
+    print(
+        f"Converting the weights to TFLite float32 for runtime auto, once for these weights: {path}",
+        flush=True,
+    )
     started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
     with tempfile.TemporaryDirectory(dir=folder, prefix=".saved_model_") as scratch:  # not a small /tmp
         flatbuffer = convert(export_saved_model(model, scratch), "fp32")
     atomic_write_bytes(path, flatbuffer)
