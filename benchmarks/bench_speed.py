@@ -487,8 +487,10 @@ def repeat_run_dir_and_best(args, record: dict) -> None:
     for size, pair in run_dir_vs_best_fp32(record).items():
         if pair["run_dir"] == pair["best_fp32"]:  # nothing to compare
             continue
-        rows = [row for row in record["inference"] if row["runtime"] in (pair["run_dir"], pair["best_fp32"])]
-        rows = [row for row in rows if row.get("size") == size and "task" in row]
+        rows = [
+            row for row in record["inference"]
+            if row["runtime"] in (pair["run_dir"], pair["best_fp32"]) and row.get("size") == size
+        ]  # fmt: skip
         for round_ in range(args.repeats):
             for row in rows:
                 progress(f"inference {row['runtime']} {size}, again ({round_ + 1} of {args.repeats})")
