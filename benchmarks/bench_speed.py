@@ -479,11 +479,19 @@ def measure_inference(args, record: dict, export_dir: Path | None) -> None:
         rows.append({"runtime": name, "task": spec, **run_child(spec, args)})
 
 
+def repeat_in_turn(args, rows: list[dict], key: str) -> None:
+    """Measures `rows` again, in turn, `args.repeats` times: on a shared machine the speed drifts by
+    10-20 % within minutes (another VM's load), and rows measured once, minutes apart, compare that
+    drift. Each row's `repeats` keeps its `key` (images/s or s/step) of each round; the ratios compare
+    the fastest round of each row (`_fastest_round`)."""
+    for round_ in range(args.repeats):
+        for row in rows:
+            progress(f"{row['runtime']} {row['size']}, again ({round_ + 1} of {args.repeats})")
+            row.setdefault("repeats", []).append(run_child(row["task"], args).get(key))
+
+
 def repeat_run_dir_and_best(args, record: dict) -> None:
-    """Runs the run directory's row and the best float32 row of each size again, in turn, `args.repeats`
-    times: on a shared machine the speed drifts by 10-20 % within minutes (another VM's load), and rows
-    measured once, minutes apart, compare that drift. Each row's `repeats` keeps the images/s of each
-    round; `run_dir_vs_best_fp32` compares the fastest round of each."""
+    """The run directory's row and the best float32 row of each size, again in turn."""
     for size, pair in run_dir_vs_best_fp32(record).items():
         if pair["run_dir"] == pair["best_fp32"]:  # nothing to compare
             continue
@@ -491,11 +499,14 @@ def repeat_run_dir_and_best(args, record: dict) -> None:
             row for row in record["inference"]
             if row["runtime"] in (pair["run_dir"], pair["best_fp32"]) and row.get("size") == size
         ]  # fmt: skip
-        for round_ in range(args.repeats):
-            for row in rows:
-                progress(f"inference {row['runtime']} {size}, again ({round_ + 1} of {args.repeats})")
-                result = run_child(row["task"], args)
-                row.setdefault("repeats", []).append(result.get("images_per_second"))
+        repeat_in_turn(args, rows, "images_per_second")
+
+
+def repeat_training(args, record: dict) -> None:
+    """PyTorch's and mgn_tf's default training rows of each size, again in turn: the ratio the README
+    quotes. A 384x128 step takes ~14 s on 2 AVX2 cores, so one row's timed steps span a minute or two."""
+    rows = [r for r in record["training"] if r["runtime"] in ("pytorch eager", "mgn_tf") and "task" in r]
+    repeat_in_turn(args, rows, "seconds_per_step")
 
 
 def measure_training(args, record: dict) -> None:
@@ -517,8 +528,9 @@ def measure_training(args, record: dict) -> None:
             variants.append(("mgn_tf, oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)", off))
         for runtime, task in variants:
             progress(f"training {runtime} {name} P x K = {p}x{k}")
-            result = run_child({**task, **common}, args)
-            rows.append({"runtime": runtime, "batch": p * k, "pk": f"{p}x{k}", **result})
+            task = {**task, **common}
+            result = run_child(task, args)
+            rows.append({"runtime": runtime, "batch": p * k, "pk": f"{p}x{k}", "task": task, **result})
             progress(f"  {result.get('seconds_per_step', float('nan')):.3f} s/step")
 
 
@@ -539,13 +551,14 @@ def add_ratios(record: dict) -> None:
         row["vs_ceiling"] = (
             ips / row["ceiling_images_per_second"] if row["ceiling_images_per_second"] else None
         )
-    torch_steps = {r["size"]: r["seconds_per_step"] for r in record["training"]
+    torch_steps = {r["size"]: _fastest_round(r) for r in record["training"]
                    if r["runtime"] == "pytorch eager" and "seconds_per_step" in r}  # fmt: skip
     for row in record["training"]:
         if "seconds_per_step" not in row:
             continue
         size = row["size"]
-        row["vs_reference"] = torch_steps[size] / row["seconds_per_step"] if size in torch_steps else None
+        # The fastest round of each side: PyTorch's and mgn_tf's rows are re-measured in turn.
+        row["vs_reference"] = torch_steps[size] / _fastest_round(row) if size in torch_steps else None
         per_image = flops.get(size, {}).get("train_forward_gflop")
         ceiling = TRAIN_FLOP_FACTOR * per_image * row["batch"] / gflops if gflops and per_image else None
         row["ceiling_seconds_per_step"] = ceiling
@@ -572,7 +585,10 @@ def run_dir_vs_best_fp32(record: dict) -> dict:
 
 
 def _fastest_round(row: dict) -> float:
-    """A row's images/s in its fastest round: the first measurement or one of its `repeats`."""
+    """A row's images/s (inference) or s/step (training) in its fastest round: the first measurement or
+    one of its `repeats`."""
+    if "seconds_per_step" in row:
+        return min([row["seconds_per_step"], *(v for v in row.get("repeats", []) if v)])
     return max([row["images_per_second"], *(v for v in row.get("repeats", []) if v)])
 
 
@@ -624,17 +640,18 @@ def int8_vs_onnxruntime_fp32(record: dict) -> list[dict]:
     return out
 
 
-def _rounds(part: dict, size: str) -> str:
-    """'<runtime> a, b, c img/s; ...': each round's images/s of the rows taken again at `size`."""
-    rows = [r for r in part["inference"] if r.get("size") == size and r.get("repeats")]
-    return "; ".join(
-        f"{row['runtime']} "
-        + ", ".join(
-            "failed" if v is None else f"{v:.2f}" for v in [row["images_per_second"], *row["repeats"]]
+def _rounds(rows: list[dict], size: str) -> str:
+    """'<runtime> a, b, c img/s; ...': each round of the rows taken again at `size`."""
+    out = []
+    for row in rows:
+        if row.get("size") != size or not row.get("repeats"):
+            continue
+        key, unit = (
+            ("seconds_per_step", "s/step") if "seconds_per_step" in row else ("images_per_second", "img/s")
         )
-        + " img/s"
-        for row in rows
-    )
+        values = ", ".join("failed" if v is None else f"{v:.2f}" for v in [row[key], *row["repeats"]])
+        out.append(f"{row['runtime']} {values} {unit}")
+    return "; ".join(out)
 
 
 def _speeds(candidates: dict) -> str:
@@ -651,7 +668,7 @@ def isa_notes(part: dict) -> list[str]:
         [
             f"Run directory at {size}: {v['ratio']:.2f} x the best float32 runtime ({v['best_fp32']})"
             + (
-                f", fastest of {v['rounds']} rounds each, taken in turn ({_rounds(part, size)})"
+                f", fastest of {v['rounds']} rounds each, taken in turn ({_rounds(part['inference'], size)})"
                 if v["rounds"] > 1
                 else ": the run directory is the fastest float32 row"
             )
@@ -661,6 +678,13 @@ def isa_notes(part: dict) -> list[str]:
                 else "."
             )
             for size, v in part["run_dir_vs_best_fp32"].items()
+        ]
+        + [
+            f"Training at {row['size']}: mgn_tf {_ratio(row['vs_reference'])} x PyTorch, fastest of "
+            f"{1 + len(row['repeats'])} rounds each, taken in turn "
+            f"({_rounds(part['training'], row['size'])})."
+            for row in part["training"]
+            if row["runtime"] == "mgn_tf" and row.get("repeats")
         ]
         + (["int8: " + "; ".join(int8) + "."] if int8 else [])
         + part["notes"]
@@ -686,8 +710,10 @@ def notes(record: dict, args) -> str:
         f"ORT intra-op {args.threads}, TFLite "
         f"num_threads={args.threads}, OpenVINO INFERENCE_NUM_THREADS={args.threads} with f32 precision.",
         "vs PyTorch: inference images/s over PyTorch eager channels_last's at the same size; training "
-        "PyTorch s/step over this s/step (>1: faster than PyTorch). PyTorch MGN: benchmarks/torch_mgn.py "
-        "(same layers, parameter count and FLOPs as mgn_tf). Random weights and inputs; the timed call "
+        "PyTorch s/step over this s/step (>1: faster than PyTorch), each at its fastest round: PyTorch's and "
+        "mgn_tf's default rows are measured --repeats more times, in turn. "
+        "PyTorch MGN: benchmarks/torch_mgn.py (same layers, parameter count and FLOPs as mgn_tf). "
+        "Random weights and inputs; the timed call "
         "includes each runtime's host-side work from an NHWC float32 array. value: over all timed calls; "
         "median: of the median call (per-call times in the JSON: other processes on the machine show there).",
         f"Training: {args.train_warmup} warm-up steps, then at least {args.train_steps} steps and "
@@ -727,7 +753,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=2,
-        help="Rounds that re-measure the run directory and the best float32 runtime, in turn, per size.",
+        help="Rounds that re-measure, in turn, per size: the run directory and the best float32 runtime; "
+        "PyTorch's and mgn_tf's training step.",
     )  # fmt: skip
     parser.add_argument("--train_warmup", type=int, default=3)
     parser.add_argument("--train_steps", type=int, default=5, help="Minimum timed training steps.")
@@ -812,6 +839,7 @@ def main(argv: list[str]) -> None:
             repeat_run_dir_and_best(args, part)
         if not args.skip_training:
             measure_training(args, part)
+            repeat_training(args, part)
         add_ratios(part)
         part["run_dir_vs_best_fp32"] = run_dir_vs_best_fp32(part)
         part["int8_vs_onnxruntime_fp32"] = int8_vs_onnxruntime_fp32(part)
