@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -505,7 +506,7 @@ def repeat_run_dir_and_best(args, record: dict) -> None:
 def repeat_training(args, record: dict) -> None:
     """PyTorch's and mgn_tf's default training rows of each size, again in turn: the ratio the README
     quotes. A 384x128 step takes ~14 s on 2 AVX2 cores, so one row's timed steps span a minute or two."""
-    rows = [r for r in record["training"] if r["runtime"] in ("pytorch eager", "mgn_tf") and "task" in r]
+    rows = [r for r in record["training"] if r["runtime"] in ("pytorch eager", "mgn_tf")]
     repeat_in_turn(args, rows, "seconds_per_step")
 
 
@@ -584,12 +585,17 @@ def run_dir_vs_best_fp32(record: dict) -> dict:
     return out
 
 
-def _fastest_round(row: dict) -> float:
-    """A row's images/s (inference) or s/step (training) in its fastest round: the first measurement or
-    one of its `repeats`."""
+def _measure(row: dict) -> tuple[str, str, Callable]:
+    """(key, unit, fastest of several) of a row: s/step for training, images/s for inference."""
     if "seconds_per_step" in row:
-        return min([row["seconds_per_step"], *(v for v in row.get("repeats", []) if v)])
-    return max([row["images_per_second"], *(v for v in row.get("repeats", []) if v)])
+        return "seconds_per_step", "s/step", min
+    return "images_per_second", "img/s", max
+
+
+def _fastest_round(row: dict) -> float:
+    """A row's value in its fastest round: the first measurement or one of its `repeats`."""
+    key, _, fastest = _measure(row)
+    return fastest([row[key], *(v for v in row.get("repeats", []) if v)])
 
 
 def _ratio(value) -> str:
@@ -646,9 +652,7 @@ def _rounds(rows: list[dict], size: str) -> str:
     for row in rows:
         if row.get("size") != size or not row.get("repeats"):
             continue
-        key, unit = (
-            ("seconds_per_step", "s/step") if "seconds_per_step" in row else ("images_per_second", "img/s")
-        )
+        key, unit, _ = _measure(row)
         values = ", ".join("failed" if v is None else f"{v:.2f}" for v in [row[key], *row["repeats"]])
         out.append(f"{row['runtime']} {values} {unit}")
     return "; ".join(out)
